@@ -1,0 +1,62 @@
+"""Template filters for vLLM flags: a model's flags dict -> the argv of `vllm serve`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ansible.errors import AnsibleFilterError
+
+# Controller-side plugins do not see ansible.cfg's module_utils as ansible.module_utils.*; import
+# the same package the modules use from the checkout (one implementation, not a copy).
+_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
+if _MODULE_UTILS not in sys.path:
+    sys.path.insert(0, _MODULE_UTILS)
+
+from vllm_fleet.serve_args import ServeArgsError, normalize, to_argv  # noqa: E402
+
+
+def vllm_argv(flags):
+    """{"tensor-parallel-size": 2, "enforce-eager": true} -> ["--tensor-parallel-size", "2",
+    "--enforce-eager"]. true -> bare flag; false -> --no-X where vLLM has it, else omitted;
+    lists repeat values; dicts become JSON."""
+    if flags is None:
+        return []
+    if not isinstance(flags, dict):
+        raise AnsibleFilterError(f"vllm_argv expects a dict of flags, got {type(flags).__name__}")
+    try:
+        return to_argv(normalize(dict(flags)))
+    except ServeArgsError as e:
+        raise AnsibleFilterError(str(e)) from e
+
+
+def _cell(value, unit=""):
+    return "-" if value is None else f"{value}{unit}"
+
+
+def vllm_plan_row(plan):
+    """One line of playbooks/plan.yml's table from a model's plan."""
+    gpus = f"{len(plan.get('gpus') or [])}x{plan.get('gpu_name') or '-'}"
+    return (f"{plan.get('model')!s:<22} {gpus:<8} {_cell(plan.get('tp')):<3} {_cell(plan.get('dtype')):<9} "
+            f"{plan.get('quantization') or '-':<5} {_cell(plan.get('weights_gib')):>8} "
+            f"{_cell(plan.get('kv_cache_gib')):>8} {_cell(plan.get('max_model_len_fit')):>9}  "
+            f"{str(plan.get('verdict', '')).upper()}")
+
+
+def vllm_plan_problem_line(problem, who):
+    return f"{who}: [{problem['rule']}] {problem['message']} -- fix: {problem['fix']}"
+
+
+def vllm_plan_problems(plan):
+    """The error lines (with fixes) of a model's plan."""
+    return [vllm_plan_problem_line(e, plan.get("model")) for e in plan.get("errors") or []]
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "vllm_argv": vllm_argv,
+            "vllm_plan_row": vllm_plan_row,
+            "vllm_plan_problems": vllm_plan_problems,
+            "vllm_plan_problem_line": vllm_plan_problem_line,
+        }

@@ -1,0 +1,1 @@
+"""vllm-fleet logic shared by the Ansible modules, the CLI and the tests."""

@@ -1,0 +1,62 @@
+"""`vllm-fleet check MODEL --gpu T4 [--gpu-count N] [vllm serve flags...] [--json]`.
+
+MODEL is a local model directory, a path to a config.json, or a repo id (owner/name) found in
+model_configs/ or fetched from the hub. Every other argument is a `vllm serve` flag, spelled as
+vLLM spells it. Exit status 0 when the command would start, 1 when refused, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .hub_configs import load_facts
+from .model_facts import ModelConfigError
+from .preflight import check, format_plan
+from .serve_args import ServeArgsError, parse_argv
+from .versions import DEFAULT_VLLM_VERSION
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm-fleet", description="Plan and check vLLM deployments.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="would `vllm serve MODEL flags...` start on these GPUs?",
+                       description="Unrecognised arguments are taken as `vllm serve` flags.")
+    c.add_argument("model", help="model dir, path to config.json, or repo id (owner/name)")
+    c.add_argument("--gpu", required=True, help="GPU model: T4, A100-80GB, 'Tesla T4', ...")
+    c.add_argument("--gpu-count", type=int, default=None,
+                   help="GPUs given to the model (default: tensor-parallel-size x pipeline-parallel-size)")
+    c.add_argument("--vllm-version", default=DEFAULT_VLLM_VERSION)
+    c.add_argument("--revision", default=None, help="hub revision (default: master)")
+    c.add_argument("--no-fetch", action="store_true", help="never contact the hub")
+    c.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return p
+
+
+def check_command(args, serve_argv: list[str]) -> int:
+    try:
+        flags, positional = parse_argv(serve_argv)
+    except ServeArgsError as e:
+        print(f"vllm-fleet: {e}", file=sys.stderr)
+        return 2
+    if positional:
+        print(f"vllm-fleet: unexpected arguments {positional}", file=sys.stderr)
+        return 2
+    try:
+        facts = load_facts(args.model, args.revision, fetch=not args.no_fetch)
+    except ModelConfigError as e:
+        print(f"vllm-fleet: {e}", file=sys.stderr)
+        return 2
+    tp = int(flags.get("tensor-parallel-size") or 1) * int(flags.get("pipeline-parallel-size") or 1)
+    count = args.gpu_count if args.gpu_count is not None else tp
+    plan = check(facts, [args.gpu] * count, flags, args.vllm_version, name=args.model)
+    print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
+    return 0 if plan["verdict"] == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = _parser().parse_known_args(argv)
+    if args.command == "check":
+        return check_command(args, rest)
+    return 2

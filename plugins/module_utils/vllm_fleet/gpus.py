@@ -1,0 +1,131 @@
+"""The GPUs operators run: memory and compute capability, in one table.
+
+``memory_mib`` is the total nvidia-smi prints (``memory.total``, MiB). ``torch_bytes`` is what
+``torch.cuda.get_device_properties().total_memory`` reports, which vLLM budgets from; it is a
+little less than nvidia-smi's figure and is filled in only where measured (facts.md: H100).
+Where it is None, ``usable_bytes`` falls back to the nvidia-smi figure.
+
+Names are accepted as nvidia-smi spells them ("Tesla T4", "NVIDIA A100-SXM4-80GB") or in the
+short form used in inventories ("T4", "A100-80GB"), case-insensitively.
+"""
+
+from __future__ import annotations
+
+import re
+
+MIB = 1024 * 1024
+
+# name: (compute capability, nvidia-smi MiB, torch bytes or None, nvidia-smi names)
+CATALOG: dict[str, tuple[str, int, int | None, tuple[str, ...]]] = {
+    "T4": ("7.5", 15360, None, ("Tesla T4",)),
+    "V100-16GB": ("7.0", 16160, None, ("Tesla V100-SXM2-16GB", "Tesla V100-PCIE-16GB")),
+    "V100-32GB": ("7.0", 32510, None, ("Tesla V100-SXM2-32GB", "Tesla V100-PCIE-32GB",
+                                       "Tesla V100S-PCIE-32GB")),
+    "A10": ("8.6", 23028, None, ("NVIDIA A10",)),
+    "A10G": ("8.6", 23028, None, ("NVIDIA A10G",)),
+    "L4": ("8.9", 23034, None, ("NVIDIA L4",)),
+    "L40S": ("8.9", 46068, None, ("NVIDIA L40S",)),
+    "A100-40GB": ("8.0", 40960, None, ("NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB")),
+    "A100-80GB": ("8.0", 81920, None, ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe")),
+    "A800": ("8.0", 81920, None, ("NVIDIA A800-SXM4-80GB", "NVIDIA A800 80GB PCIe")),
+    # Measured with real vLLM 0.26 (shared/facts.md): nvidia-smi 81559 MiB, torch 85,017,493,504 B.
+    "H100": ("9.0", 81559, 85_017_493_504, ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe",
+                                            "NVIDIA H100")),
+    "H800": ("9.0", 81559, None, ("NVIDIA H800", "NVIDIA H800 PCIe")),
+    "H20": ("9.0", 97871, None, ("NVIDIA H20",)),
+    "H200": ("9.0", 143771, None, ("NVIDIA H200",)),
+    "RTX 3090": ("8.6", 24576, None, ("NVIDIA GeForce RTX 3090",)),
+    "RTX 4090": ("8.9", 24564, None, ("NVIDIA GeForce RTX 4090",)),
+}
+
+
+class UnknownGPUError(ValueError):
+    pass
+
+
+def _key(name: str) -> str:
+    name = re.sub(r"^(nvidia|tesla|geforce)\s+", "", name.strip().lower())
+    name = re.sub(r"^(nvidia|tesla|geforce)\s+", "", name)
+    return re.sub(r"[^a-z0-9]", "", name)
+
+
+_INDEX: dict[str, str] = {}
+for _short, (_cc, _mib, _tb, _smi) in CATALOG.items():
+    for _alias in (_short, *_smi):
+        _INDEX[_key(_alias)] = _short
+
+
+def _entry(short: str, spelled: str) -> dict:
+    cc, mib, torch_bytes, _ = CATALOG[short]
+    return {
+        "name": short,
+        "reported_name": spelled,
+        "memory_mib": mib,
+        "torch_bytes": torch_bytes,
+        "compute_capability": cc,
+    }
+
+
+def lookup(name: str) -> dict:
+    """The catalog entry for a GPU name in any accepted spelling; UnknownGPUError otherwise."""
+    key = _key(name)
+    if key in _INDEX:
+        return _entry(_INDEX[key], name)
+    # nvidia-smi variants we have not listed ("NVIDIA A100-SXM4-80GB-MIG…"): the longest catalog
+    # key the name starts with, where the next character is not a digit ("a10" ≠ "a100…").
+    candidates = sorted(
+        (k for k in _INDEX if key.startswith(k) and not key[len(k):len(k) + 1].isdigit()),
+        key=len, reverse=True,
+    )
+    if candidates:
+        return _entry(_INDEX[candidates[0]], name)
+    known = ", ".join(CATALOG)
+    raise UnknownGPUError(
+        f"GPU {name!r} is not in the catalog ({known}): declare it as "
+        "{name, memory_mib, compute_capability} in vllm_gpus"
+    )
+
+
+def resolve(item) -> dict:
+    """A GPU from inventory (a catalog name or a dict) or from nvidia-smi, as a plain dict."""
+    if isinstance(item, str):
+        return lookup(item)
+    if not isinstance(item, dict) or "name" not in item:
+        raise UnknownGPUError(f"a GPU must be a name or a dict with 'name', got {item!r}")
+    base: dict = {}
+    try:
+        base = lookup(str(item["name"]))
+    except UnknownGPUError:
+        if "memory_mib" not in item or "compute_capability" not in item:
+            raise
+        base = {"name": str(item["name"]), "reported_name": str(item["name"]), "torch_bytes": None}
+    gpu = {**base, **{k: v for k, v in item.items() if v is not None and k != "name"}}
+    gpu["memory_mib"] = int(gpu["memory_mib"])
+    gpu["compute_capability"] = str(gpu["compute_capability"])
+    return gpu
+
+
+def cc_int(gpu: dict) -> int:
+    """Compute capability as vLLM compares it: "7.5" -> 75."""
+    major, _, minor = str(gpu["compute_capability"]).partition(".")
+    return int(major) * 10 + int(minor or 0)
+
+
+def usable_bytes(gpu: dict) -> int:
+    """Total memory as torch sees it (what vLLM budgets from), else nvidia-smi's total."""
+    return int(gpu.get("torch_bytes") or gpu["memory_mib"] * MIB)
+
+
+def parse_nvidia_smi(csv_text: str) -> list[dict]:
+    """GPUs from `nvidia-smi --query-gpu=index,name,memory.total,compute_cap
+    --format=csv,noheader,nounits`; unknown models keep the numbers nvidia-smi gives."""
+    gpus = []
+    for line in csv_text.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 4:
+            continue
+        index, name, mib, cc = parts[:4]
+        gpu = resolve({"name": name, "memory_mib": int(float(mib)), "compute_capability": cc})
+        gpu["index"] = int(index)
+        gpus.append(gpu)
+    return gpus

@@ -1,0 +1,144 @@
+#!/usr/bin/python
+"""Ansible module: judge every model of a host before anything on it changes."""
+
+from __future__ import annotations
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vllm_fleet.hub_configs import load_facts
+from ansible.module_utils.vllm_fleet.preflight import check_host
+
+DOCUMENTATION = r"""
+---
+module: vllm_preflight
+short_description: Refuse, before any host change, models that cannot run on a host's GPUs
+description:
+  - Checks every model of a host (C(vllm_models)) against the host's GPUs, the pinned vLLM
+    version and the compatibility rules of vllm-fleet (docs/preflight.md), and returns the plan a
+    person reads - per model the GPUs, tp, dtype, quantization, weight and KV-cache GiB, the
+    largest safe C(--max-model-len), the verdict, every error with its fix, and the flags after
+    old ones are translated.
+  - Reports all problems of a host at once and fails when any model is refused.
+  - "Runs on the controller (C(delegate_to: localhost)); reads model configs from a local path,
+    the project's C(model_configs/), a local cache, or fetches only the small config files from
+    the ModelScope hub. Changes nothing on any host; safe in check mode."
+options:
+  models:
+    description: The host's C(vllm_models) (see docs/inventory.md).
+    type: list
+    elements: dict
+    required: true
+  gpus:
+    description: The host's GPUs as C(gpu_facts) returns them (detected or declared).
+    type: list
+    elements: raw
+    default: []
+  vllm_version:
+    description: The pinned vLLM release the rules are checked against.
+    type: str
+    default: "0.32.0"
+  vllm_device:
+    description: C(cuda) or C(cpu). On C(cpu) hosts the GPU rules do not apply.
+    type: str
+    choices: [cuda, cpu]
+    default: cuda
+  model_configs_dir:
+    description: The project's shipped configs (C(model_configs/)). Defaults to the checkout's.
+    type: path
+  cache_dir:
+    description: Where configs fetched from the hub are kept.
+    type: path
+  fetch:
+    description: Whether configs missing locally may be fetched from the hub.
+    type: bool
+    default: true
+  hub_endpoint:
+    description: ModelScope endpoint (else C(MODELSCOPE_ENDPOINT), else the public hub).
+    type: str
+  hub_token:
+    description: ModelScope API token for private repos.
+    type: str
+author:
+  - vllm-fleet
+"""
+
+EXAMPLES = r"""
+- name: Check every model of this host before changing it.
+  vllm_preflight:
+    models: "{{ vllm_models }}"
+    gpus: "{{ gpu_facts_result.gpus }}"
+    vllm_version: "{{ vllm_version | default('0.32.0') }}"
+  delegate_to: localhost
+  register: preflight
+"""
+
+RETURN = r"""
+plan:
+  description: The host's plan (keys in docs/preflight.md).
+  returned: always
+  type: dict
+  contains:
+    verdict:
+      description: '"ok" or "refused".'
+      type: str
+    models:
+      description: One plan per model - verdict, tp, dtype, weights_gib, kv_cache_gib, errors and the rest.
+      type: list
+    errors:
+      description: Host-wide errors (GPU sharing, ports), each with rule, message and fix.
+      type: list
+refused:
+  description: Names of the refused models.
+  returned: always
+  type: list
+  elements: str
+"""
+
+
+def _summary(plan: dict) -> str:
+    lines = []
+    for m in plan["models"]:
+        for e in m["errors"]:
+            lines.append(f"{m['model']}: [{e['rule']}] {e['message']} -- fix: {e['fix']}")
+    for e in plan["errors"]:
+        lines.append(f"host: [{e['rule']}] {e['message']} -- fix: {e['fix']}")
+    return "\n".join(lines)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "models": {"type": "list", "elements": "dict", "required": True},
+            "gpus": {"type": "list", "elements": "raw", "default": []},
+            "vllm_version": {"type": "str", "default": "0.32.0"},
+            "vllm_device": {"type": "str", "choices": ["cuda", "cpu"], "default": "cuda"},
+            "model_configs_dir": {"type": "path"},
+            "cache_dir": {"type": "path"},
+            "fetch": {"type": "bool", "default": True},
+            "hub_endpoint": {"type": "str"},
+            "hub_token": {"type": "str", "no_log": True},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    configs_dir = p["model_configs_dir"]
+    if configs_dir is None and os.path.isdir(os.path.join(os.getcwd(), "model_configs")):
+        configs_dir = os.path.join(os.getcwd(), "model_configs")
+
+    def facts_for(item):
+        return load_facts(item["model"], item.get("revision"), model_configs_dir=configs_dir,
+                          cache_dir=p["cache_dir"], fetch=p["fetch"], endpoint=p["hub_endpoint"],
+                          token=p["hub_token"])
+
+    host_vars = {"vllm_models": p["models"], "vllm_version": p["vllm_version"],
+                 "vllm_device": p["vllm_device"]}
+    plan = check_host(host_vars, detected_gpus=p["gpus"] or None, facts_for=facts_for)
+    refused = [m["model"] for m in plan["models"] if m["verdict"] == "refused"]
+    if plan["verdict"] == "refused":
+        module.fail_json(msg="preflight refused this host:\n" + _summary(plan), plan=plan, refused=refused)
+    module.exit_json(changed=False, plan=plan, refused=refused)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""One pass case and one fail case per row of rules.RULES (each row's check, through evaluate)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from vllm_fleet import rules
+from vllm_fleet.gpus import resolve
+from vllm_fleet.model_facts import ModelFacts, QuantFacts, facts_from_config
+
+GPTQ = QuantFacts("gptq", 4, 128, desc_act=False, sym=True)
+AWQ = QuantFacts("awq", 4, 128, zero_point=True)
+
+
+def qwen(hidden=4096, inter=11008, layers=32, heads=32, kv=32, quant=None, dtype="float16") -> ModelFacts:
+    cfg = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "torch_dtype": dtype,
+    }
+    return replace(facts_from_config(cfg), quant=quant)
+
+
+class Plan:  # a MemoryPlan stand-in: the memory-fits row reads only fits and problems
+    def __init__(self, fits, problems=()):
+        self.fits, self.problems = fits, list(problems)
+
+
+def case(
+    facts=None, gpus=("T4",), flags=None, tp=1, pp=1, dtype="auto", version="0.32.0", memory=None, notes=()
+):
+    return rules.Case(
+        facts=facts or qwen(),
+        gpus=[resolve(g) for g in gpus],
+        flags=flags or {},
+        vllm_version=version,
+        tp=tp,
+        pp=pp,
+        dtype_requested=dtype,
+        memory=memory,
+        notes=list(notes),
+    )
+
+
+def host(models, gpus=("T4", "T4")):
+    return rules.HostCase(gpus=[resolve(g) for g in gpus], models=models, vllm_version="0.32.0")
+
+
+M = {"name": "a", "port": 9000, "gpus": [0], "flags": {"gpu-memory-utilization": 0.5}}
+REFUSE = {
+    "flag": "speculative-model",
+    "action": "refuse",
+    "message": "--speculative-model is gone",
+    "fix": "--speculative-config ...",
+}
+DROP = {"flag": "max-paddings", "action": "drop", "message": "--max-paddings is gone", "fix": "remove it"}
+
+# rule id -> (passing case, failing case, words the message or fix must contain)
+CASES = {
+    "dtype-bfloat16-capability": (
+        case(gpus=["A10"], dtype="bfloat16"),
+        case(dtype="bfloat16"),
+        "--dtype half",
+    ),
+    "dtype-auto-to-half": (
+        case(facts=qwen(dtype="float16")),
+        case(facts=qwen(dtype="bfloat16")),
+        "dtype: half",
+    ),
+    "quant-capability": (
+        case(facts=qwen(quant=GPTQ)),
+        case(facts=qwen(quant=GPTQ), gpus=["V100-32GB"]),
+        "7.5",
+    ),
+    "quant-type": (
+        case(facts=qwen(quant=GPTQ)),
+        case(facts=qwen(quant=QuantFacts("gptq", 3, 128, sym=True))),
+        "4 or 8 bits",
+    ),
+    "gptq-group-size": (
+        case(facts=qwen(quant=GPTQ)),
+        case(facts=qwen(quant=QuantFacts("gptq", 4, 256))),
+        "group_size 128",
+    ),
+    "gptq-desc-act": (
+        case(facts=qwen(quant=GPTQ)),
+        case(facts=qwen(quant=QuantFacts("gptq", 4, 128, desc_act=True, sym=True))),
+        "desc_act=false",
+    ),
+    "attention-heads-tp": (
+        case(facts=qwen(heads=20, kv=20, hidden=2560, inter=6912), tp=4),
+        case(facts=qwen(heads=20, kv=20, hidden=2560, inter=6912), tp=8),
+        "use tp 1, 2, 4",
+    ),
+    "kv-heads-tp": (
+        case(facts=qwen(heads=40, kv=8, hidden=5120), tp=8),
+        case(facts=qwen(heads=36, kv=12, hidden=4608, inter=12288), tp=9),
+        "use tp",
+    ),
+    "mlp-divisible-by-tp": (case(tp=2), case(facts=qwen(inter=11001), tp=2), "use tp 1"),
+    "row-parallel-group-alignment": (
+        case(facts=qwen(5120, 13696, 40, 40, 40, GPTQ), tp=1),
+        case(facts=qwen(5120, 13696, 40, 40, 40, GPTQ), tp=2),
+        "padded checkpoint",
+    ),
+    "column-parallel-pack-alignment": (
+        case(facts=qwen(quant=AWQ), tp=2),
+        case(facts=qwen(hidden=4096, inter=11012, quant=QuantFacts("awq", 4, 4)), tp=2),
+        "pack factor 8",
+    ),
+    "gpus-enough": (case(gpus=["T4", "T4"], tp=2), case(gpus=["T4"], tp=2), "2 GPUs"),
+    "gpus-all-used": (case(gpus=["T4"], tp=1), case(gpus=["T4", "T4"], tp=1), "tensor-parallel-size"),
+    "max-model-len-supported": (
+        case(flags={"max-model-len": 32768}),
+        case(flags={"max-model-len": 65536}),
+        "--max-model-len 32768",
+    ),
+    "memory-fits": (
+        case(memory=Plan(True)),
+        case(
+            memory=Plan(
+                False,
+                [{"message": "estimated maximum model length is 15216", "fix": "use --max-model-len 14336"}],
+            )
+        ),
+        "--max-model-len 14336",
+    ),
+    "old-flag-refused": (case(notes=[DROP]), case(notes=[REFUSE]), "--speculative-config"),
+    "old-flag-translated": (case(), case(notes=[DROP]), "remove it"),
+    "flag-unknown": (case(flags={"enforce-eager": True}), case(flags={"enforce-eagre": True}), "spelling"),
+    "flag-owned-by-role": (case(flags={"dtype": "half"}), case(flags={"port": 9000}), "port: key"),
+    "gpu-index-exists": (host([M]), host([{**M, "gpus": [2]}]), "below 2"),
+    "gpu-shared-utilization": (
+        host([M, {**M, "name": "b", "port": 9001}]),
+        host([M, {**M, "name": "b", "port": 9001, "flags": {"gpu-memory-utilization": 0.6}}]),
+        "1.0 or less",
+    ),
+    "ports-unique": (
+        host([M, {**M, "name": "b", "gpus": [1], "port": 9001}]),
+        host([M, {**M, "name": "b", "gpus": [1]}]),
+        "own port",
+    ),
+    "names-unique": (
+        host([M, {**M, "gpus": [1], "port": 9001, "name": "b"}]),
+        host([M, {**M, "gpus": [1], "port": 9001}]),
+        "rename",
+    ),
+}
+
+
+def test_every_rule_row_has_a_pass_and_a_fail_case():
+    assert set(CASES) == {r.id for r in rules.RULES}
+
+
+def _hits(rule_id, subject):
+    rule = rules.RULES_BY_ID[rule_id]
+    errors, warnings = rules.evaluate(subject, subject.vllm_version, rule.scope)
+    return [e for e in errors + warnings if e["rule"] == rule_id]
+
+
+@pytest.mark.parametrize("rule_id", sorted(CASES))
+def test_rule_passes_its_good_case(rule_id):
+    assert _hits(rule_id, CASES[rule_id][0]) == []
+
+
+@pytest.mark.parametrize("rule_id", sorted(CASES))
+def test_rule_refuses_its_bad_case_naming_the_fix(rule_id):
+    hits = _hits(rule_id, CASES[rule_id][1])
+    assert hits, f"{rule_id} did not fire"
+    text = " ".join(h["message"] + " " + h["fix"] for h in hits)
+    assert CASES[rule_id][2] in text
+
+
+@pytest.mark.parametrize("rule", rules.RULES, ids=lambda r: r.id)
+def test_every_row_says_what_why_and_where_in_vllm(rule):
+    assert rule.checks and rule.why and rule.message and rule.fix
+    assert rule.scope in ("model", "host") and rule.severity in ("error", "warning")
+    assert all(src.startswith("vllm/") for src in rule.vllm_source)
+
+
+def test_desc_act_rule_applies_from_vllm_0_32_only():
+    bad = CASES["gptq-desc-act"][1]
+    assert _hits("gptq-desc-act", replace(bad, vllm_version="0.26.0")) == []
+    assert _hits("gptq-desc-act", bad)
+
+
+def test_14b_row_parallel_message_names_the_numbers():
+    (hit,) = _hits("row-parallel-group-alignment", CASES["row-parallel-group-alignment"][1])
+    assert "13696" in hit["message"] and "6848" in hit["message"] and "128" in hit["message"]
+    assert hit["fix"].startswith("use tp 1, or a padded checkpoint/revision")
+    assert "fp16 model" in hit["fix"]
