@@ -1,0 +1,45 @@
+"""Shared fixtures: real systemd test hosts (tests/hosts) and the stand-in hub (tests/support)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.hosts import testhosts
+
+pytest_plugins = ["tests.support.fixtures"]
+
+# CI sets this so that a machine unable to run test hosts fails the run instead
+# of skipping the tests that need them.
+REQUIRE_HOSTS = os.environ.get("VLLM_FLEET_REQUIRE_HOSTS") == "1"
+
+
+def _hosts_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "test hosts need root (network namespaces, overlay mounts, systemd-nspawn)"
+    missing = [tool for tool in ("systemd-nspawn", "debootstrap", "ip", "ssh", "zstd") if not shutil.which(tool)]
+    if missing:
+        return f"test hosts need {', '.join(missing)}: run `make deps`"
+    return None
+
+
+@pytest.fixture(scope="session")
+def host_tooling():
+    """Skip (or, under CI, fail) when this machine cannot run test hosts."""
+    reason = _hosts_unavailable_reason()
+    if reason:
+        if REQUIRE_HOSTS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def test_hosts(host_tooling):
+    """Two real systemd hosts, booted once for the session and destroyed after it."""
+    hosts = testhosts.create(2)
+    try:
+        yield hosts
+    finally:
+        testhosts.destroy([h.name for h in hosts])
