@@ -37,10 +37,12 @@ def _cell(value, unit=""):
 def vllm_plan_row(plan):
     """One line of playbooks/plan.yml's table from a model's plan."""
     gpus = f"{len(plan.get('gpus') or [])}x{plan.get('gpu_name') or '-'}"
-    return (f"{plan.get('model')!s:<22} {gpus:<8} {_cell(plan.get('tp')):<3} {_cell(plan.get('dtype')):<9} "
-            f"{plan.get('quantization') or '-':<5} {_cell(plan.get('weights_gib')):>8} "
-            f"{_cell(plan.get('kv_cache_gib')):>8} {_cell(plan.get('max_model_len_fit')):>9}  "
-            f"{str(plan.get('verdict', '')).upper()}")
+    return (
+        f"{plan.get('model')!s:<22} {gpus:<8} {_cell(plan.get('tp')):<3} {_cell(plan.get('dtype')):<9} "
+        f"{plan.get('quantization') or '-':<5} {_cell(plan.get('weights_gib')):>8} "
+        f"{_cell(plan.get('kv_cache_gib')):>8} {_cell(plan.get('max_model_len_fit')):>9}  "
+        f"{str(plan.get('verdict', '')).upper()}"
+    )
 
 
 def vllm_plan_problem_line(problem, who):

@@ -82,8 +82,10 @@ def main():
         module.exit_json(changed=False, gpus=declared, detected=False, declared_mismatch=[])
     rc, out, err = module.run_command([smi, *QUERY])
     if rc != 0:
-        module.fail_json(msg=f"nvidia-smi failed (rc {rc}): {err.strip() or out.strip()}; "
-                             "fix the driver, or remove nvidia-smi from PATH to plan from vllm_gpus")
+        module.fail_json(
+            msg=f"nvidia-smi failed (rc {rc}): {err.strip() or out.strip()}; "
+            "fix the driver, or remove nvidia-smi from PATH to plan from vllm_gpus"
+        )
     gpus = parse_nvidia_smi(out)
     mismatch = []
     if declared:

@@ -29,8 +29,8 @@ description:
     C(snapshot_download), which checks each file's sha256 and resumes interrupted downloads.
   - A manifest in I(local_dir) records what was verified, so a re-run downloads nothing and, when
     every file is as recorded, does not contact the hub at all (re-runs and rollbacks work offline).
-  - Run it with the Python of the environment that has the SDK
-    (C(vars: ansible_python_interpreter: <env>/bin/python)).
+  - Run it with the Python of the environment that has the SDK, by setting the task variable
+    C(ansible_python_interpreter) to that environment's C(bin/python).
 options:
   model:
     description: Repository id, C(owner/name).
@@ -117,6 +117,7 @@ local_dir:
   type: str
   returned: always
 """
+
 
 def _selected(path: str, allow: list[str], ignore: list[str]) -> bool:
     if allow and not any(fnmatch.fnmatch(path, pattern) for pattern in allow):

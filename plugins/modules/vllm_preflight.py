@@ -127,12 +127,17 @@ def main():
         configs_dir = os.path.join(os.getcwd(), "model_configs")
 
     def facts_for(item):
-        return load_facts(item["model"], item.get("revision"), model_configs_dir=configs_dir,
-                          cache_dir=p["cache_dir"], fetch=p["fetch"], endpoint=p["hub_endpoint"],
-                          token=p["hub_token"])
+        return load_facts(
+            item["model"],
+            item.get("revision"),
+            model_configs_dir=configs_dir,
+            cache_dir=p["cache_dir"],
+            fetch=p["fetch"],
+            endpoint=p["hub_endpoint"],
+            token=p["hub_token"],
+        )
 
-    host_vars = {"vllm_models": p["models"], "vllm_version": p["vllm_version"],
-                 "vllm_device": p["vllm_device"]}
+    host_vars = {"vllm_models": p["models"], "vllm_version": p["vllm_version"], "vllm_device": p["vllm_device"]}
     plan = check_host(host_vars, detected_gpus=p["gpus"] or None, facts_for=facts_for)
     refused = [m["model"] for m in plan["models"] if m["verdict"] == "refused"]
     if plan["verdict"] == "refused":

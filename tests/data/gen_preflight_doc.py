@@ -1,6 +1,6 @@
 """Regenerate the rules section of docs/preflight.md from rules.RULES (one source of truth).
 
-    .venv/bin/python tests/data/gen_preflight_doc.py
+.venv/bin/python tests/data/gen_preflight_doc.py
 """
 
 from __future__ import annotations

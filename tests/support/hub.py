@@ -50,9 +50,7 @@ DEFAULT_BRANCH = "master"
 CHUNK = 64 * 1024
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".msgpack", ".h5", ".onnx")
 
-_REPO_ROUTE = re.compile(
-    rf"^{API}/models/(?P<owner>[^/]+)/(?P<name>[^/]+)(?P<rest>/revisions|/repo/files|/repo)?/?$"
-)
+_REPO_ROUTE = re.compile(rf"^{API}/models/(?P<owner>[^/]+)/(?P<name>[^/]+)(?P<rest>/revisions|/repo/files|/repo)?/?$")
 
 
 @dataclass
@@ -177,9 +175,7 @@ class StandInHub:
             self._log.append(entry)
 
     # -- faults ----------------------------------------------------------------------------
-    def cut_body_once(
-        self, repo_id: str, file_path: str, after_bytes: int, revision: str | None = None
-    ) -> None:
+    def cut_body_once(self, repo_id: str, file_path: str, after_bytes: int, revision: str | None = None) -> None:
         """The next full GET of the file sends `after_bytes` bytes, then drops the connection
         (the announced Content-Length stays whole, as a proxy timing out would leave it)."""
         with self._lock:

@@ -64,6 +64,28 @@ def test_h100_memory_is_the_measured_one():
     assert h100["memory_mib"] == 81559 and gpus.usable_bytes(h100) == 85_017_493_504
 
 
+def test_t4_memory_as_torch_sees_it_is_in_the_catalog():
+    """The one copy of torch's T4 total (15,655,829,504 B = "14.58 GiB"), whatever the spelling."""
+    for spelled in ("T4", "Tesla T4", {"name": "T4", "memory_mib": 15360}):
+        assert gpus.usable_bytes(gpus.resolve(spelled)) == 15_655_829_504
+    assert gpus.usable_bytes({"name": "T4", "memory_mib": 15360}) == 15_655_829_504  # not resolved
+
+
+def test_gpus_without_a_torch_figure_take_nvidia_smi_less_450_mib():
+    assert gpus.usable_bytes(gpus.lookup("L4")) == (23034 - 450) * gpus.MIB
+    (b999,) = gpus.parse_nvidia_smi("0, NVIDIA B999, 99999, 10.0\n")
+    assert gpus.usable_bytes(b999) == gpus.torch_bytes_from_smi(99999) == (99999 - 450) * gpus.MIB
+
+
+def test_a_catalog_torch_figure_does_not_follow_a_name_to_another_memory_size():
+    """ "NVIDIA H100 NVL" (94 GB) matches the catalog's H100 by name; the H100's measured torch total
+    belongs to its 81559 MiB, so the NVL is planned from its own nvidia-smi figure."""
+    (nvl,) = gpus.parse_nvidia_smi("0, NVIDIA H100 NVL, 95830, 9.0\n")
+    assert nvl["name"] == "H100" and nvl["memory_mib"] == 95830
+    assert gpus.usable_bytes(nvl) == (95830 - 450) * gpus.MIB
+    assert gpus.usable_bytes({"name": "H100", "memory_mib": 95830}) == (95830 - 450) * gpus.MIB
+
+
 def test_unknown_gpu_names_the_fix():
     with pytest.raises(gpus.UnknownGPUError, match="memory_mib"):
         gpus.lookup("Radeon 7900")

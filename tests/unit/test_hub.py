@@ -91,9 +91,7 @@ def test_second_download_fetches_no_file_content(modelscope_env, published, tmp_
         pytest.param(lambda data: data[: len(data) // 2], id="truncated"),
     ],
 )
-def test_file_damaged_on_disk_is_detected_by_sha256_and_fetched_again(
-    modelscope_env, published, tmp_path, damage
-):
+def test_file_damaged_on_disk_is_detected_by_sha256_and_fetched_again(modelscope_env, published, tmp_path, damage):
     # The SDK re-hashes every file already on disk (a same-size change too) and re-downloads
     # the one that no longer matches the listing; it does not raise.
     hub = modelscope_env

@@ -8,8 +8,7 @@ import pytest
 from vllm_fleet import old_flags
 from vllm_fleet.serve_args import to_argv
 
-KNOWN = set(Path(__file__).resolve().parents[1].joinpath("data", "vllm-0.32.0-serve-flags.txt")
-            .read_text().split())
+KNOWN = set(Path(__file__).resolve().parents[1].joinpath("data", "vllm-0.32.0-serve-flags.txt").read_text().split())
 
 
 @pytest.mark.parametrize("row", old_flags.OLD_FLAGS, ids=lambda r: f"{r.flag}-{r.action}")
@@ -30,12 +29,24 @@ def test_translated_argv_uses_only_flags_0_32_knows(row):
 
 
 def test_old_recipe_flags_translate_or_drop_with_a_note_each():
-    flags, notes = old_flags.translate({"worker-use-ray": True, "engine-use-ray": True, "max-paddings": 256,
-                                        "disable-log-requests": True, "dtype": "half"})
+    flags, notes = old_flags.translate(
+        {
+            "worker-use-ray": True,
+            "engine-use-ray": True,
+            "max-paddings": 256,
+            "disable-log-requests": True,
+            "dtype": "half",
+        }
+    )
     assert flags == {"distributed-executor-backend": "ray", "enable-log-requests": False, "dtype": "half"}
     assert [n["action"] for n in notes] == ["translate", "drop", "drop", "translate"]
-    assert to_argv(flags) == ["--distributed-executor-backend", "ray", "--no-enable-log-requests",
-                              "--dtype", "half"]
+    assert to_argv(flags) == [
+        "--distributed-executor-backend",
+        "ray",
+        "--no-enable-log-requests",
+        "--dtype",
+        "half",
+    ]
 
 
 def test_device_cuda_is_dropped_but_device_neuron_is_refused():

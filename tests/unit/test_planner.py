@@ -4,9 +4,11 @@ outcomes of the old recipe (shared/facts.md)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from vllm_fleet import gpus, rules
 from vllm_fleet.model_facts import facts_from_config
 from vllm_fleet.planner import (
     MemoryPlan,
@@ -27,10 +29,17 @@ H100 = DATA["gpus"]["H100"]
 def qwen15(hidden, inter, layers, heads, kv_heads, vocab, *, tied=False, quant=None, name=""):
     """ModelFacts from the Qwen1.5 shapes table in facts.md."""
     config = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": hidden,
-        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads, "vocab_size": vocab, "max_position_embeddings": 32768,
-        "tie_word_embeddings": tied, "torch_dtype": "bfloat16",
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": tied,
+        "torch_dtype": "bfloat16",
     }
     if quant:
         config["quantization_config"] = quant
@@ -56,6 +65,7 @@ def _within(predicted: float, measured: float) -> bool:
 
 
 # --- calibration: every measured case within ±5 % ----------------------------------------------
+
 
 @pytest.mark.parametrize("case", DATA["cases"], ids=[c["id"] for c in DATA["cases"]])
 def test_kv_cache_gib_matches_measurement(case):
@@ -94,14 +104,61 @@ def test_7b_server_numbers_are_near_exact():
     graphs = plan_memory(Q7B, H100, gpu_memory_utilization=0.9, vllm_version="0.26.0")
     assert abs(eager.kv_tokens - 114_384) <= 0.005 * 114_384
     assert abs(graphs.kv_tokens - 113_360) <= 0.005 * 113_360
-    assert eager.kv_bytes_per_token == 512 * 1024            # 0.5 MiB/token, facts.md
+    assert eager.kv_bytes_per_token == 512 * 1024  # 0.5 MiB/token, facts.md
 
 
 # --- the T4 outcomes of the old recipe --------------------------------------------------------
 
+
 def test_t4_total_is_what_torch_sees_not_nvidia_smi():
     assert gpu_total_bytes(T4) == 15_655_829_504
     assert gpu_total_bytes({"name": "T4", "memory_bytes": 123}) == 123
+
+
+@pytest.mark.parametrize("name", list(gpus.CATALOG))
+def test_planner_reads_torch_totals_from_the_gpu_catalog(name):
+    entry = gpus.lookup(name)
+    bare = {
+        "name": name,
+        "memory_mib": entry["memory_mib"],
+        "compute_capability": entry["compute_capability"],
+    }
+    assert gpu_total_bytes(bare) == gpu_total_bytes(entry) == gpus.usable_bytes(entry)
+
+
+def test_an_uncatalogued_gpu_is_planned_from_nvidia_smi_less_450_mib():
+    assert gpu_total_bytes({"name": "B999", "memory_mib": 99999}) == (99999 - 450) * 1024**2
+    with pytest.raises(ValueError, match="memory_mib"):
+        gpu_total_bytes({"name": "B999"})
+
+
+SHAPES = [Q7B, Q7B_INT4, Q14B_INT4, Q32B_INT4, qwen15(2560, 6912, 40, 20, 20, 151936)]
+
+
+@pytest.mark.parametrize("facts", SHAPES, ids=lambda f: f.name or "4B")
+@pytest.mark.parametrize("tp", [1, 2, 3, 4, 8])
+def test_tp_allowed_is_what_the_rules_table_says(facts, tp):
+    case = rules.Case(facts=facts, gpus=[], flags={}, vllm_version="0.32.0", tp=tp)
+    errors, _ = rules.evaluate(case, "0.32.0", "model")
+    refused = {e["rule"] for e in errors} & set(rules.TP_SHAPE_RULES)
+    assert tp_allowed(facts, tp) == (not refused), refused
+
+
+def test_a_rule_change_reaches_the_planners_fixes(monkeypatch):
+    """The planner has no copy of the divisibility rules: make the MLP row refuse tp 2 and the
+    7B's memory fix stops suggesting it."""
+    assert tp_allowed(Q7B, 2) and "tp 2" in plan_memory(Q7B, T4, **RECIPE).problems[0]["fix"]
+
+    def refuse_tp2(case):
+        return [{"tp": 2, "inter": case.facts.intermediate_size, "ok": "1"}] if case.tp == 2 else []
+
+    monkeypatch.setattr(
+        rules,
+        "RULES",
+        tuple(replace(r, check=refuse_tp2) if r.id == "mlp-divisible-by-tp" else r for r in rules.RULES),
+    )
+    assert not tp_allowed(Q7B, 2)
+    assert "tp 2" not in plan_memory(Q7B, T4, **RECIPE).problems[0]["fix"]
 
 
 def test_7b_fp16_on_one_t4_refuses_and_suggests_tp2_or_a_quantized_model():
@@ -127,7 +184,7 @@ def test_32b_gptq_tp2_on_t4_fits_a_bounded_len_and_more_with_enforce_eager():
     assert not graphs.fits and graphs.max_model_len_fit < 32768
     assert eager.max_model_len_fit > graphs.max_model_len_fit
     assert "--enforce-eager" in graphs.problems[0]["fix"]
-    assert plan_memory(Q32B_INT4, T4, tp=4, **RECIPE).fits          # "tp 4 runs with defaults"
+    assert plan_memory(Q32B_INT4, T4, tp=4, **RECIPE).fits  # "tp 4 runs with defaults"
 
 
 def test_14b_gptq_tp1_on_t4_runs_with_max_model_len_2048():
@@ -136,7 +193,7 @@ def test_14b_gptq_tp1_on_t4_runs_with_max_model_len_2048():
 
 
 def test_14b_gptq_fix_never_suggests_a_tp_its_groups_cannot_split():
-    assert not tp_allowed(Q14B_INT4, 2)                       # 13696 / 2 = 6848 = 53.5 x 128
+    assert not tp_allowed(Q14B_INT4, 2)  # 13696 / 2 = 6848 = 53.5 x 128
     plan = plan_memory(Q14B_INT4, T4, **RECIPE)
     assert not plan.fits
     assert "tp 2" not in plan.problems[0]["fix"] and "tp 4" not in plan.problems[0]["fix"]
@@ -148,6 +205,7 @@ def test_7b_gptq_int4_fits_one_t4_with_a_capped_length():
 
 
 # --- mechanics --------------------------------------------------------------------------------
+
 
 def test_server_defaults_follow_the_gpu():
     assert plan_memory(Q7B, H100).max_num_batched_tokens == 8192
@@ -186,12 +244,24 @@ def test_utilization_leaving_no_room_for_the_cuda_context_is_refused():
 def test_plan_is_plain_data():
     d = plan_memory(Q7B, {"name": "H100", "memory_bytes": 85_017_493_504}).as_dict()
     json.dumps(d)
-    assert {"weights_gib_per_gpu", "activation_gib", "non_torch_gib", "cuda_graph_gib", "kv_cache_gib",
-            "kv_tokens", "kv_bytes_per_token", "max_model_len", "max_model_len_fit", "fits",
-            "problems", "max_concurrency"} <= set(d)
+    assert {
+        "weights_gib_per_gpu",
+        "activation_gib",
+        "non_torch_gib",
+        "cuda_graph_gib",
+        "kv_cache_gib",
+        "kv_tokens",
+        "kv_bytes_per_token",
+        "max_model_len",
+        "max_model_len_fit",
+        "fits",
+        "problems",
+        "max_concurrency",
+    } <= set(d)
 
 
 def test_gpu_may_be_an_object():
     class Gpu:
         name, memory_bytes, compute_capability = "H100", 85_017_493_504, "9.0"
+
     assert plan_memory(Q7B, Gpu()).kv_tokens == plan_memory(Q7B, H100).kv_tokens

@@ -34,9 +34,7 @@ class Plan:  # a MemoryPlan stand-in: the memory-fits row reads only fits and pr
         self.fits, self.problems = fits, list(problems)
 
 
-def case(
-    facts=None, gpus=("T4",), flags=None, tp=1, pp=1, dtype="auto", version="0.32.0", memory=None, notes=()
-):
+def case(facts=None, gpus=("T4",), flags=None, tp=1, pp=1, dtype="auto", version="0.32.0", memory=None, notes=()):
     return rules.Case(
         facts=facts or qwen(),
         gpus=[resolve(g) for g in gpus],
@@ -197,3 +195,15 @@ def test_14b_row_parallel_message_names_the_numbers():
     assert "13696" in hit["message"] and "6848" in hit["message"] and "128" in hit["message"]
     assert hit["fix"].startswith("use tp 1, or a padded checkpoint/revision")
     assert "fp16 model" in hit["fix"]
+
+
+def test_shape_rule_ids_are_rows_of_the_table():
+    """The planner asks these rows (rules.shape_problems) before it suggests a tp."""
+    assert set(rules.TP_SPLIT_RULES) <= set(rules.TP_SHAPE_RULES) <= set(rules.RULES_BY_ID)
+
+
+def test_shape_problems_are_the_shape_rows_errors():
+    facts = qwen(5120, 13696, 40, 40, 40, GPTQ)  # the 14B GPTQ release: 6848 inputs per GPU at tp 2
+    assert rules.shape_problems(facts, 1) == []
+    assert [e["rule"] for e in rules.shape_problems(facts, 2)] == ["row-parallel-group-alignment"]
+    assert {e["rule"] for e in rules.shape_problems(qwen(heads=20, kv=20), 8)} >= {"attention-heads-tp"}

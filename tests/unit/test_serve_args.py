@@ -6,14 +6,17 @@ import pytest
 from vllm_fleet.serve_args import ServeArgsError, human_readable_int, normalize, parse_argv, to_argv
 
 
-@pytest.mark.parametrize("argv", [["--tensor-parallel-size", "2"], ["-tp", "2"], ["--tensor-parallel-size=2"],
-                                  ["--tensor_parallel_size", "2"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--tensor-parallel-size", "2"], ["-tp", "2"], ["--tensor-parallel-size=2"], ["--tensor_parallel_size", "2"]],
+)
 def test_tensor_parallel_size_in_every_spelling(argv):
     assert parse_argv(argv) == ({"tensor-parallel-size": 2}, [])
 
 
-@pytest.mark.parametrize(("text", "value"), [("14k", 14000), ("14K", 14336), ("25.6k", 25600), ("2048", 2048),
-                                             ("auto", -1)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("14k", 14000), ("14K", 14336), ("25.6k", 25600), ("2048", 2048), ("auto", -1)]
+)
 def test_max_model_len_accepts_vllm_suffixes(text, value):
     assert human_readable_int(text) == value
     assert parse_argv(["--max-model-len", text])[0] == {"max-model-len": value}
@@ -45,20 +48,54 @@ def test_bad_choice_is_refused():
 
 
 def test_argv_true_bare_false_no_form_or_omitted_lists_and_dicts():
-    argv = to_argv({"enforce-eager": True, "enable-prefix-caching": False, "disable-log-stats": False,
-                    "served-model-name": ["a", "b"], "middleware": ["m1", "m2"], "max-model-len": 2048,
-                    "hf-overrides": {"rope_scaling": {"factor": 2}}, "seed": None})
-    assert argv == ["--enforce-eager", "--no-enable-prefix-caching", "--served-model-name", "a", "b",
-                    "--middleware", "m1", "--middleware", "m2", "--max-model-len", "2048",
-                    "--hf-overrides", '{"rope_scaling":{"factor":2}}']
+    argv = to_argv(
+        {
+            "enforce-eager": True,
+            "enable-prefix-caching": False,
+            "disable-log-stats": False,
+            "served-model-name": ["a", "b"],
+            "middleware": ["m1", "m2"],
+            "max-model-len": 2048,
+            "hf-overrides": {"rope_scaling": {"factor": 2}},
+            "seed": None,
+        }
+    )
+    assert argv == [
+        "--enforce-eager",
+        "--no-enable-prefix-caching",
+        "--served-model-name",
+        "a",
+        "b",
+        "--middleware",
+        "m1",
+        "--middleware",
+        "m2",
+        "--max-model-len",
+        "2048",
+        "--hf-overrides",
+        '{"rope_scaling":{"factor":2}}',
+    ]
 
 
 def test_roundtrip_argv_flags_argv():
-    argv = ["--dtype", "half", "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.95",
-            "--max-model-len", "14000", "--enforce-eager", "--no-enable-prefix-caching"]
+    argv = [
+        "--dtype",
+        "half",
+        "--tensor-parallel-size",
+        "2",
+        "--gpu-memory-utilization",
+        "0.95",
+        "--max-model-len",
+        "14000",
+        "--enforce-eager",
+        "--no-enable-prefix-caching",
+    ]
     assert to_argv(parse_argv(argv)[0]) == argv
 
 
 def test_inventory_flags_are_normalized():
     assert normalize({"tp": 2, "max_model_len": "14K", "--enforce-eager": True}) == {
-        "tensor-parallel-size": 2, "max-model-len": 14336, "enforce-eager": True}
+        "tensor-parallel-size": 2,
+        "max-model-len": 14336,
+        "enforce-eager": True,
+    }

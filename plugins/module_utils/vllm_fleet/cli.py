@@ -21,12 +21,19 @@ from .versions import DEFAULT_VLLM_VERSION
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm-fleet", description="Plan and check vLLM deployments.")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="would `vllm serve MODEL flags...` start on these GPUs?",
-                       description="Unrecognised arguments are taken as `vllm serve` flags.")
+    c = sub.add_parser(
+        "check",
+        help="would `vllm serve MODEL flags...` start on these GPUs?",
+        description="Unrecognised arguments are taken as `vllm serve` flags.",
+    )
     c.add_argument("model", help="model dir, path to config.json, or repo id (owner/name)")
     c.add_argument("--gpu", required=True, help="GPU model: T4, A100-80GB, 'Tesla T4', ...")
-    c.add_argument("--gpu-count", type=int, default=None,
-                   help="GPUs given to the model (default: tensor-parallel-size x pipeline-parallel-size)")
+    c.add_argument(
+        "--gpu-count",
+        type=int,
+        default=None,
+        help="GPUs given to the model (default: tensor-parallel-size x pipeline-parallel-size)",
+    )
     c.add_argument("--vllm-version", default=DEFAULT_VLLM_VERSION)
     c.add_argument("--revision", default=None, help="hub revision (default: master)")
     c.add_argument("--no-fetch", action="store_true", help="never contact the hub")

@@ -4,18 +4,22 @@ In order: a local directory (or a path to its config.json); the project's shippe
 published configs, ``model_configs/<owner>/<name>/`` (used for the default revision); a local
 cache of configs fetched earlier, ``<cache>/<owner>/<name>/<revision>/``; the hub, through the
 real ModelScope SDK, fetching only the small files (config.json, the quant configs and the
-safetensors index), never weights. The endpoint is the SDK's: ``MODELSCOPE_ENDPOINT``.
+safetensors index), never weights. The endpoint is the one passed (``endpoint=``), else the
+SDK's own (``MODELSCOPE_ENDPOINT``, which the SDK reads once per process).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import replace
 
 from .model_facts import QUANT_CONFIG_FILES, SAFETENSORS_INDEX, ModelConfigError, ModelFacts, load_model_dir
 
 SMALL_FILES = ("config.json", *QUANT_CONFIG_FILES, SAFETENSORS_INDEX)
-DEFAULT_REVISIONS = (None, "", "master", "main")
+DEFAULT_REVISION = "master"  # the hub's default branch
+DEFAULT_REVISIONS = (None, "", DEFAULT_REVISION, "main")
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 
@@ -45,31 +49,84 @@ def shipped_config_dir(repo_id: str, model_configs_dir: str | None = None) -> st
     return _find_case_insensitive(model_configs_dir or default_model_configs_dir(), repo_id)
 
 
-def fetch_small_files(repo_id: str, revision: str, dest: str, *, endpoint: str | None = None,
-                      token: str | None = None) -> str:
-    """Download only the small config files of ``repo_id`` at ``revision`` into ``dest``."""
+def _hub_message(error: Exception) -> str:
+    """The hub's own words for a failed request ("model qwen/x does not exist"), else the error's
+    first line: the SDK's text adds a request id, the URL and the raw JSON body."""
+    response = getattr(error, "response", None)
+    try:
+        message = response.json().get("Message") if response is not None else None
+    except (ValueError, AttributeError):
+        message = None
+    if message:
+        return str(message)
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def fetch_small_files(
+    repo_id: str, revision: str, dest: str, *, endpoint: str | None = None, token: str | None = None
+) -> str:
+    """Download only the small config files of ``repo_id`` at ``revision`` into ``dest``.
+
+    The files land in a staging directory beside ``dest`` and move into place whole, so a failed
+    or partial fetch never leaves a cache entry that a later run would trust.
+    """
     try:
         from modelscope.hub.snapshot_download import snapshot_download
     except ImportError as e:  # the controller venv has it (requirements.in)
         raise ModelConfigError(f"cannot fetch {repo_id}: the modelscope SDK is not installed") from e
-    kwargs = {"revision": revision or "master", "local_dir": dest, "allow_patterns": list(SMALL_FILES)}
+    revision = revision or DEFAULT_REVISION
+    kwargs = {"revision": revision, "allow_patterns": list(SMALL_FILES)}
     if endpoint:
         kwargs["endpoint"] = endpoint
     if token:
         kwargs["token"] = token
-    os.makedirs(dest, exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".fetch-", dir=parent)
     try:
-        snapshot_download(repo_id, **kwargs)
-    except Exception as e:
-        raise ModelConfigError(f"cannot fetch the config of {repo_id}@{revision} from the hub: {e}") from e
-    if not os.path.isfile(os.path.join(dest, "config.json")):
-        raise ModelConfigError(f"{repo_id}@{revision} on the hub has no config.json")
+        try:
+            snapshot_download(repo_id, local_dir=staging, **kwargs)
+        except Exception as e:
+            where = endpoint or os.environ.get("MODELSCOPE_ENDPOINT") or "the ModelScope hub"
+            raise ModelConfigError(
+                f"cannot fetch the config of {repo_id}@{revision} from {where}: {_hub_message(e)}. "
+                f"Check the repo id (owner/name, as the hub spells it) and the revision, or add the "
+                f"model's config.json to model_configs/{repo_id}/"
+            ) from e
+        if not os.path.isfile(os.path.join(staging, "config.json")):
+            raise ModelConfigError(
+                f"{repo_id}@{revision} on the hub has no config.json: it is not a model preflight can "
+                f"check; add its config.json to model_configs/{repo_id}/"
+            )
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
-def load_facts(model: str, revision: str | None = None, *, model_configs_dir: str | None = None,
-               cache_dir: str | None = None, fetch: bool = True, endpoint: str | None = None,
-               token: str | None = None) -> ModelFacts:
+def _remove_empty_dirs(path: str, root: str) -> None:
+    """Drop ``path`` and its parents below ``root`` while they are empty (what a failed fetch
+    made for its entry)."""
+    root = os.path.abspath(root)
+    path = os.path.abspath(path)
+    while path.startswith(root + os.sep) and os.path.isdir(path) and not os.listdir(path):
+        os.rmdir(path)
+        path = os.path.dirname(path)
+
+
+def load_facts(
+    model: str,
+    revision: str | None = None,
+    *,
+    model_configs_dir: str | None = None,
+    cache_dir: str | None = None,
+    fetch: bool = True,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> ModelFacts:
     """ModelFacts for a local path or a repo id (owner/name) at a revision."""
     if os.path.exists(model):
         return load_model_dir(model)
@@ -78,14 +135,20 @@ def load_facts(model: str, revision: str | None = None, *, model_configs_dir: st
         if shipped:
             facts = load_model_dir(shipped, name=model)
             return _with_source(facts, f"shipped config ({os.path.relpath(shipped, REPO_ROOT)})")
-    rev = revision or "master"
-    cached = os.path.join(cache_dir or default_cache_dir(), *model.split("/"), rev)
+    rev = revision or DEFAULT_REVISION
+    cache_root = cache_dir or default_cache_dir()
+    cached = os.path.join(cache_root, *model.split("/"), rev)
     if not os.path.isfile(os.path.join(cached, "config.json")):
         if not fetch:
             raise ModelConfigError(
                 f"no config for {model}@{rev}: not a local path, not in model_configs/, not cached; "
-                "allow fetching from the hub or add it to model_configs/")
-        fetch_small_files(model, rev, cached, endpoint=endpoint, token=token)
+                "allow fetching from the hub or add it to model_configs/"
+            )
+        try:
+            fetch_small_files(model, rev, cached, endpoint=endpoint, token=token)
+        except ModelConfigError:
+            _remove_empty_dirs(os.path.dirname(cached), cache_root)
+            raise
     return _with_source(load_model_dir(cached, name=model), f"hub config cached in {cached}")
 
 

@@ -24,9 +24,23 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 # Bytes per element of the safetensors dtypes and torch_dtype names we meet.
 DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "float32": 4,
+    "float": 4,
+    "float16": 2,
+    "half": 2,
+    "bfloat16": 2,
 }
 
 
@@ -132,8 +146,7 @@ def facts_from_config(
     """ModelFacts from a parsed config.json (and optional separate quant config). Pure."""
     if "text_config" in config and "hidden_size" not in config:
         config = {**config["text_config"], "architectures": config.get("architectures")}
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-               if k not in config]
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if k not in config]
     if missing:
         raise ModelConfigError(f"config.json of {name or 'the model'} lacks {', '.join(missing)}")
     hidden = int(config["hidden_size"])
@@ -167,6 +180,7 @@ def facts_from_config(
 
 # --- weight bytes ---------------------------------------------------------------------------
 
+
 def _linear_bytes(k_in: int, n_out: int, quant: QuantFacts | None, dtype_bytes: int) -> int:
     """Bytes of one linear layer's weight as the checkpoint stores it."""
     if quant is None or quant.method not in ("gptq", "awq"):
@@ -174,33 +188,73 @@ def _linear_bytes(k_in: int, n_out: int, quant: QuantFacts | None, dtype_bytes: 
         return k_in * n_out * per
     group = quant.group_size if quant.group_size > 0 else k_in
     groups = math.ceil(k_in / group)
-    qweight = k_in * n_out * quant.bits // 8   # int32 words each holding 32/bits values
-    scales = groups * n_out * 2                 # fp16 scale per group and output column
-    qzeros = groups * n_out * quant.bits // 8   # zero points, packed like the weights
+    qweight = k_in * n_out * quant.bits // 8  # int32 words each holding 32/bits values
+    scales = groups * n_out * 2  # fp16 scale per group and output column
+    qzeros = groups * n_out * quant.bits // 8  # zero points, packed like the weights
     g_idx = k_in * 4 if quant.method == "gptq" else 0  # GPTQ stores an int32 group index per input
     return qweight + scales + qzeros + g_idx
 
 
-def estimate_weight_bytes(facts: ModelFacts) -> int:
-    """Checkpoint bytes computed from shapes (decoder-only Llama/Qwen2 layout).
+def checkpoint_dtype_bytes(facts: ModelFacts) -> int:
+    """Bytes per element of the tensors the checkpoint keeps unpacked (embeddings, lm_head, norms,
+    biases): fp16 in quantized releases, else the checkpoint's torch_dtype."""
+    return 2 if facts.quant is not None else DTYPE_BYTES.get(facts.torch_dtype, 2)
+
+
+def kv_heads_per_rank(facts: ModelFacts, tp: int) -> int:
+    """KV heads each tp rank holds: split when they divide, replicated (one each) when tp exceeds
+    them (vllm/model_executor/layers/linear.py QKVParallelLinear)."""
+    return max(1, facts.num_key_value_heads // tp)
+
+
+@dataclass(frozen=True)
+class WeightParts:
+    """The checkpoint's bytes by part, estimated from shapes; the planner splits them per rank."""
+
+    layers: int
+    per_layer: int  # one decoder layer, its two norms included
+    layer_norms: int  # the two RMSNorms of one layer (replicated across tp ranks)
+    embed: int
+    lm_head: int  # 0 when tied to the embedding
+    final_norm: int
+
+    @property
+    def total(self) -> int:
+        return self.layers * self.per_layer + self.embed + self.lm_head + self.final_norm
+
+
+def weight_parts(facts: ModelFacts) -> WeightParts:
+    """Checkpoint bytes computed from shapes (decoder-only Llama/Qwen2 layout), by part.
 
     Quantized releases keep embeddings, lm_head, norms and biases in fp16; the attention and
     MLP projections are packed (see _linear_bytes).
     """
-    dtype_bytes = 2 if facts.quant is not None else DTYPE_BYTES.get(facts.torch_dtype, 2)
+    dtype_bytes = checkpoint_dtype_bytes(facts)
     h, inter = facts.hidden_size, facts.intermediate_size
     q_out = facts.num_attention_heads * facts.head_dim
     kv_out = facts.num_key_value_heads * facts.head_dim
     lin = lambda k, n: _linear_bytes(k, n, facts.quant, dtype_bytes)  # noqa: E731
+    norms = 2 * h * dtype_bytes  # two RMSNorms
     per_layer = (
-        lin(h, q_out) + 2 * lin(h, kv_out) + lin(q_out, h)         # q, k, v, o
-        + 2 * lin(h, inter) + lin(inter, h)                         # gate, up, down
-        + 2 * h * dtype_bytes                                       # two RMSNorms
+        lin(h, q_out) + 2 * lin(h, kv_out) + lin(q_out, h)  # q, k, v, o
+        + 2 * lin(h, inter) + lin(inter, h)  # gate, up, down
+        + norms
         + ((q_out + 2 * kv_out) * dtype_bytes if facts.attention_bias else 0)
-    )
+    )  # fmt: skip
     embed = facts.vocab_size * h * dtype_bytes
-    lm_head = 0 if facts.tie_word_embeddings else embed
-    return facts.num_hidden_layers * per_layer + embed + lm_head + h * dtype_bytes
+    return WeightParts(
+        layers=facts.num_hidden_layers,
+        per_layer=per_layer,
+        layer_norms=norms,
+        embed=embed,
+        lm_head=0 if facts.tie_word_embeddings else embed,
+        final_norm=h * dtype_bytes,
+    )
+
+
+def estimate_weight_bytes(facts: ModelFacts) -> int:
+    """Checkpoint bytes computed from shapes (weight_parts, summed)."""
+    return weight_parts(facts).total
 
 
 def weight_bytes(facts: ModelFacts) -> int:
@@ -209,6 +263,7 @@ def weight_bytes(facts: ModelFacts) -> int:
 
 
 # --- the filesystem edge --------------------------------------------------------------------
+
 
 def safetensors_header_bytes(path: str) -> int:
     """Sum of tensor bytes in one .safetensors file, reading only its header."""
@@ -261,6 +316,10 @@ def load_model_dir(path: str, *, name: str = "") -> ModelFacts:
             break
     wbytes, wsource = weight_bytes_from_dir(model_dir)
     return facts_from_config(
-        config, quant_file, name=name or os.path.basename(os.path.normpath(model_dir)),
-        source=model_dir, weight_bytes=wbytes, weight_bytes_source=wsource,
+        config,
+        quant_file,
+        name=name or os.path.basename(os.path.normpath(model_dir)),
+        source=model_dir,
+        weight_bytes=wbytes,
+        weight_bytes_source=wsource,
     )

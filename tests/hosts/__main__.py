@@ -1,0 +1,50 @@
+"""CLI: python -m tests.hosts {create N | list | destroy [NAME…] | leftovers}."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import testhosts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.hosts", description=__doc__)
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        default=testhosts.DEFAULT_INVENTORY,
+        help="inventory file written for the running hosts (default: %(default)s)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create", help="ensure N hosts run (idempotent)")
+    create.add_argument("count", type=int)
+    sub.add_parser("list", help="the running hosts")
+    destroy = sub.add_parser("destroy", help="stop and remove hosts (all without names)")
+    destroy.add_argument("names", nargs="*")
+    sub.add_parser("leftovers", help="exit 1 if any test host leaves anything on this machine")
+    args = parser.parse_args(argv)
+
+    if args.command == "create":
+        started = time.monotonic()
+        hosts = testhosts.create(args.count, args.inventory)
+        print(f"{len(hosts)} host(s) ready in {time.monotonic() - started:.1f} s; inventory: {args.inventory}")
+    elif args.command == "list":
+        for host in testhosts.list_hosts():
+            print(f"{host.name}\t{host.address}\tpid {host.pid}")
+    elif args.command == "destroy":
+        testhosts.destroy(args.names or None, args.inventory)
+    elif args.command == "leftovers":
+        found = testhosts.leftovers()
+        for line in found:
+            print(line)
+        if found:
+            return 1
+        print("no test host leftovers")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

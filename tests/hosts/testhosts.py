@@ -1,0 +1,388 @@
+"""Real systemd test hosts on this machine: systemd-nspawn containers.
+
+Each host is
+  - a disk-backed overlayfs over one shared, read-only Debian 12 base (so a
+    3 GB vLLM environment inside a host costs disk, not RAM as a tmpfs would),
+  - booted by systemd-nspawn with systemd as PID 1,
+  - in its own network namespace `vf<N>`, joined to this machine by a veth
+    pair: this machine is 10.77.N.1, the host is 10.77.N.2 (addresses that
+    exist only inside namespaces made here),
+  - reached as root over SSH with a key generated for the pool.
+
+Everything a host owns is named after it, so destroy can find and remove it
+whether or not the state file survived: the nspawn process (by its
+--machine= argument), the overlay mount, the namespace and the directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from . import rootfs
+
+PREFIX = "vf"
+SUBNET = "10.77"
+STATE_DIR = Path(os.environ.get("VLLM_FLEET_HOSTS_STATE", "/var/lib/vllm-fleet/testhosts"))
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_INVENTORY = REPO_ROOT / "inventories/local/hosts.yml"
+INVENTORY_GROUP = "local_hosts"
+BOOT_TIMEOUT_S = 90
+
+
+@dataclass
+class Host:
+    name: str
+    index: int
+    address: str  # the host's address, reachable from this machine
+    controller_address: str  # this machine's address, reachable from the host
+    pid: int  # the supervisor that runs systemd-nspawn (and reruns it on reboot)
+
+    @property
+    def netns(self) -> str:
+        return self.name
+
+
+def _run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, text=True, capture_output=True, **kwargs)
+
+
+def host_name(index: int) -> str:
+    return f"{PREFIX}{index}"
+
+
+def host_dir(name: str) -> Path:
+    return STATE_DIR / "hosts" / name
+
+
+def key_path() -> Path:
+    return STATE_DIR / "id_ed25519"
+
+
+def ensure_key() -> Path:
+    key = key_path()
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vllm-fleet-testhosts", "-f", str(key)])
+    return key
+
+
+def ssh_command(host: Host, *remote: str) -> list[str]:
+    return [
+        "ssh",
+        "-i",
+        str(key_path()),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=3",
+        "-o",
+        "BatchMode=yes",
+        f"root@{host.address}",
+        *remote,
+    ]
+
+
+def ssh(host: Host, *remote: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    return _run(ssh_command(host, *remote), check=check, timeout=timeout)
+
+
+# ---------------------------------------------------------------- network
+
+
+def _setup_network(index: int) -> None:
+    name = host_name(index)
+    outside, inside = f"{name}-h", f"{name}-c"
+    if name not in _run(["ip", "netns", "list"]).stdout.split():
+        _run(["ip", "netns", "add", name])
+    if _run(["ip", "link", "show", outside], check=False).returncode != 0:
+        _run(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside])
+        _run(["ip", "link", "set", inside, "netns", name])
+        _run(["ip", "-n", name, "link", "set", inside, "name", "eth0"])
+        _run(["ip", "addr", "add", f"{SUBNET}.{index}.1/24", "dev", outside])
+    _run(["ip", "link", "set", outside, "up"])
+    _run(["ip", "-n", name, "link", "set", "lo", "up"])
+    addresses = _run(["ip", "-n", name, "-o", "addr", "show", "dev", "eth0"]).stdout
+    if f"{SUBNET}.{index}.2/" not in addresses:
+        _run(["ip", "-n", name, "addr", "add", f"{SUBNET}.{index}.2/24", "dev", "eth0"])
+    _run(["ip", "-n", name, "link", "set", "eth0", "up"])
+    _run(["ip", "-n", name, "route", "replace", "default", "via", f"{SUBNET}.{index}.1"])
+
+
+def _teardown_network(name: str) -> None:
+    # Deleting the namespace deletes the veth end inside it, and with it the pair.
+    if name in _run(["ip", "netns", "list"]).stdout.split():
+        _run(["ip", "netns", "delete", name], check=False)
+    _run(["ip", "link", "delete", f"{name}-h"], check=False)
+
+
+# ---------------------------------------------------------------- filesystem
+
+
+def _mount_root(name: str, base: Path) -> Path:
+    hdir = host_dir(name)
+    upper, work, merged = hdir / "upper", hdir / "work", hdir / "root"
+    for path in (upper, work, merged):
+        path.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(merged):
+        _run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                f"vllm-fleet-{name}",
+                "-o",
+                f"lowerdir={base},upperdir={upper},workdir={work}",
+                str(merged),
+            ]
+        )
+    return merged
+
+
+def _personalize(root: Path, name: str) -> None:
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    authorized = ssh_dir / "authorized_keys"
+    authorized.write_text(Path(f"{key_path()}.pub").read_text())
+    authorized.chmod(0o600)
+    # Without its own name in /etc/hosts, a host stalls ~130 s on DNS lookups
+    # of itself (vLLM does one at start), as there is no DNS server to answer.
+    (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n")
+
+
+def _mounts_of(name: str) -> list[str]:
+    hdir = str(host_dir(name))
+    points = []
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            point = line.split()[1]
+            if point.startswith(hdir + "/") or point == hdir:
+                points.append(point)
+    # Deepest first, so nested mounts come off before their parents.
+    return sorted(points, key=len, reverse=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _nspawn_pids(name: str) -> list[int]:
+    """Processes of this host's nspawn and its supervisor, found by command line."""
+    pids = []
+    marker = f"--machine={name}"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in argv and any(b"systemd-nspawn" in arg for arg in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _supervisor_script(name: str, root: Path) -> str:
+    # An in-container `systemctl reboot` makes nspawn exit 133: boot it again.
+    nspawn = (
+        f"systemd-nspawn --quiet -D {root} -b --machine={name} --register=no --keep-unit "
+        f"--network-namespace-path=/run/netns/{name} --resolv-conf=off --timezone=off --link-journal=no"
+    )
+    return f"while :; do {nspawn}; rc=$?; [ $rc -eq 133 ] || exit $rc; done"
+
+
+def _start(name: str, root: Path) -> int:
+    log = open(host_dir(name) / "console.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        proc = subprocess.Popen(
+            # "--machine=NAME" as an argument of its own makes the supervisor
+            # findable by _nspawn_pids before nspawn itself has started.
+            ["bash", "-c", _supervisor_script(name, root), "vllm-fleet-host", f"--machine={name}"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    return proc.pid
+
+
+def _wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> str:
+    """Wait for SSH, then for systemd to finish booting; return its verdict."""
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        if not _nspawn_pids(host.name):
+            raise RuntimeError(f"{host.name}: systemd-nspawn exited; see {host_dir(host.name)}/console.log")
+        try:
+            result = ssh(host, "systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            break
+        state = result.stdout.strip()
+        if state in ("running", "degraded"):
+            return state
+        last_error = (result.stderr or state).strip()
+        time.sleep(0.3)
+    raise RuntimeError(f"{host.name}: not ready after {timeout:.0f} s: {last_error}")
+
+
+# ---------------------------------------------------------------- state
+
+
+def _state_file() -> Path:
+    return STATE_DIR / "hosts.json"
+
+
+def _load_state() -> dict[str, Host]:
+    try:
+        data = json.loads(_state_file().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {entry["name"]: Host(**entry) for entry in data}
+
+
+def _save_state(hosts: dict[str, Host]) -> None:
+    _state_file().parent.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(hosts.values(), key=lambda h: h.index)
+    _state_file().write_text(json.dumps([asdict(h) for h in ordered], indent=2))
+
+
+def write_inventory(hosts: list[Host], path: Path = DEFAULT_INVENTORY) -> Path:
+    inventory = {
+        "all": {
+            "children": {
+                INVENTORY_GROUP: {
+                    "hosts": {
+                        h.name: {"ansible_host": h.address, "vllm_fleet_controller_address": h.controller_address}
+                        for h in hosts
+                    },
+                    "vars": {
+                        "ansible_user": "root",
+                        "ansible_ssh_private_key_file": str(key_path()),
+                    },
+                }
+            }
+        }
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "---\n# Written by `python -m tests.hosts create`: the live local test hosts. Not committed.\n"
+    path.write_text(header + yaml.safe_dump(inventory, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------- public API
+
+
+def list_hosts() -> list[Host]:
+    """Hosts in the state file whose nspawn is still running."""
+    return [h for h in sorted(_load_state().values(), key=lambda h: h.index) if _nspawn_pids(h.name)]
+
+
+def create(count: int, inventory: Path | None = DEFAULT_INVENTORY, log=print, first: int = 1) -> list[Host]:
+    """Ensure hosts vf<first>..vf<first+count-1> run; idempotent (running hosts are kept as they are)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("test hosts need root (network namespaces, mounts, systemd-nspawn)")
+    for tool in ("systemd-nspawn", "ip", "ssh"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is missing: run `make deps` (apt-get install systemd-container iproute2 …)")
+    base = rootfs.ensure_base(STATE_DIR, log)
+    ensure_key()
+    state = _load_state()
+    started = []
+    indices = range(first, first + count)
+    for index in indices:
+        name = host_name(index)
+        if name in state and _nspawn_pids(name):
+            continue
+        t0 = time.monotonic()
+        _setup_network(index)
+        root = _mount_root(name, base)
+        _personalize(root, name)
+        pid = _start(name, root)
+        host = Host(name, index, f"{SUBNET}.{index}.2", f"{SUBNET}.{index}.1", pid)
+        state[name] = host
+        _save_state(state)
+        started.append((host, t0))
+    for host, t0 in started:
+        verdict = _wait_ready(host)
+        log(f"{host.name}: {host.address} up in {time.monotonic() - t0:.1f} s, systemd says {verdict}")
+    hosts = [state[host_name(i)] for i in indices]
+    if inventory is not None:
+        write_inventory(list_hosts(), inventory)
+    return hosts
+
+
+def destroy(names: list[str] | None = None, inventory: Path | None = DEFAULT_INVENTORY, log=print) -> None:
+    """Stop and remove hosts (all when names is None); idempotent, leaves nothing behind."""
+    state = _load_state()
+    if names is None:
+        names = sorted(set(state) | set(_leftover_names()))
+    for name in names:
+        _stop(name)
+        for point in _mounts_of(name):
+            _run(["umount", point], check=False)
+        _teardown_network(name)
+        shutil.rmtree(host_dir(name), ignore_errors=True)
+        state.pop(name, None)
+        log(f"{name}: destroyed")
+    _save_state(state)
+    if inventory is not None:
+        write_inventory(list_hosts(), inventory)
+
+
+def _stop(name: str, timeout: float = 20) -> None:
+    # TERM to nspawn powers the container off cleanly (~1.4 s); the supervisor
+    # loop then exits because the code is not 133.
+    for pid in _nspawn_pids(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _nspawn_pids(name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in _nspawn_pids(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _leftover_names() -> set[str]:
+    """Names of anything a host leaves on this machine, with or without a state file."""
+    names = {d.name for d in (STATE_DIR / "hosts").glob(f"{PREFIX}*") if d.is_dir()}
+    names |= {n for n in _run(["ip", "netns", "list"]).stdout.split() if _is_host_name(n)}
+    return names
+
+
+def _is_host_name(name: str) -> bool:
+    return name.startswith(PREFIX) and name[len(PREFIX) :].isdigit()
+
+
+def leftovers() -> list[str]:
+    """Everything of a test host still on this machine: processes, namespaces, mounts, links, dirs."""
+    found = []
+    for name in sorted(_leftover_names() | set(_load_state())):
+        if _nspawn_pids(name):
+            found.append(f"{name}: systemd-nspawn process {_nspawn_pids(name)}")
+        found.extend(f"{name}: mount {point}" for point in _mounts_of(name))
+        if host_dir(name).exists():
+            found.append(f"{name}: directory {host_dir(name)}")
+    found.extend(f"network namespace {n}" for n in _run(["ip", "netns", "list"]).stdout.split() if _is_host_name(n))
+    links = _run(["ip", "-o", "link", "show"]).stdout
+    found.extend(
+        f"veth {field.split('@')[0]}"
+        for line in links.splitlines()
+        for field in line.split(": ")[1:2]
+        if _is_host_name(field.split("@")[0].removesuffix("-h"))
+    )
+    return found

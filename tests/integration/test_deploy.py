@@ -1,0 +1,255 @@
+"""End to end: site.yml takes two bare systemd test hosts to real vLLM (CPU build) serving the
+tiny model under systemd, fetched by the real ModelScope SDK from the stand-in hub, and proves
+it with real requests. Tests run in file order and build on the state the previous left.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.hosts import testhosts
+from tests.integration import ansible_run
+from tests.support.hub import StandInHub, publish_tiny_model
+
+pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
+
+TINY = "vllm-fleet/tiny-qwen2"
+NEWLINE = "vllm-fleet/tiny-qwen2-newline"
+UNIT = "/etc/systemd/system/vllm-tiny.service"
+API_KEY = "vf-test-" + secrets.token_hex(12)
+TINY_MODEL = {
+    "name": "tiny",
+    "model": TINY,
+    "revision": "v1",
+    "port": 8000,
+    "flags": {"dtype": "bfloat16", "max-model-len": 512, "enforce-eager": True},
+}
+
+
+class Fleet:
+    """The two hosts, the hub they download from, and every ansible output seen (for leak checks)."""
+
+    def __init__(self, hosts, hub):
+        self.hosts = hosts
+        self.hub = hub
+        self.outputs: list[str] = []
+
+    def env(self) -> dict[str, str]:
+        port = self.hub.url.rsplit(":", 1)[1]
+        return {"VLLM_FLEET_HUB_PORT": port, "VLLM_FLEET_API_KEY": API_KEY}
+
+    def play(self, playbook: str = "site.yml", *args: str, models: list[dict] | None = None):
+        extra = ["-e", json.dumps({"vllm_models": models})] if models is not None else []
+        result = ansible_run.playbook("-i", "inventories/local", playbook, *extra, *args, env=self.env())
+        self.outputs.append(result.output)
+        return result
+
+    def host(self, name: str):
+        return next(h for h in self.hosts if h.name == name)
+
+
+@pytest.fixture(scope="module")
+def fleet(test_hosts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub-root")
+    publish_tiny_model(root, f"{TINY}@v1")
+    publish_tiny_model(root, f"{NEWLINE}@v1", variant="newline")
+    # The first host's veth address on this machine: every host and the controller reach it.
+    with StandInHub(root, host=test_hosts[0].controller_address, port=0) as hub:
+        yield Fleet(test_hosts, hub)
+
+
+@pytest.fixture(scope="module")
+def deployed(fleet):
+    result = fleet.play()
+    assert result.returncode == 0, result.output[-6000:]
+    return result
+
+
+def unit_state(host) -> dict[str, str]:
+    """What a restart or a rewrite of the unit would change."""
+    out = testhosts.ssh(
+        host,
+        f"sha256sum {UNIT} | cut -d' ' -f1; systemctl show -p ActiveEnterTimestamp -p MainPID -p ActiveState vllm-tiny",
+    ).stdout.split("\n")
+    return {"unit_sha256": out[0], **dict(line.split("=", 1) for line in out[1:] if "=" in line)}
+
+
+def request(host, path: str, body: dict, api_key: str | None = API_KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(f"http://{host.address}:8000{path}", data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deployed):
+    assert all(counts["failed"] == 0 for counts in deployed.recap().values()), deployed.output[-4000:]
+    assert "engine_report" in deployed.output or "kv_cache" in deployed.output.lower()
+    for host in fleet.hosts:
+        assert unit_state(host)["ActiveState"] == "active"
+        status, body = request(
+            host,
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0},
+        )
+        assert status == 200 and body["choices"][0]["message"]["content"].strip()
+        assert request(host, "/v1/completions", {"model": "tiny", "prompt": "hi"}, api_key=None)[0] == 401
+
+
+def test_a_second_run_changes_nothing(fleet, deployed):
+    again = fleet.play()
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed() == {h.name: 0 for h in fleet.hosts}, again.output[-4000:]
+
+
+def test_check_diff_of_a_changed_flag_shows_the_unit_diff_and_changes_nothing(fleet, deployed):
+    before = {h.name: unit_state(h) for h in fleet.hosts}
+    changed = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], **{"max-model-len": 256}))
+    result = fleet.play("site.yml", "--check", "--diff", models=[changed])
+    assert result.returncode == 0, result.output[-4000:]
+    assert '"--max-model-len" "512"' in result.output and '"--max-model-len" "256"' in result.output
+    diff_lines = [line for line in result.output.splitlines() if line.startswith(("-ExecStart", "+ExecStart"))]
+    assert len(diff_lines) == 2 * len(fleet.hosts), result.output[-4000:]
+    assert {h.name: unit_state(h) for h in fleet.hosts} == before
+
+
+def test_a_flag_the_pinned_vllm_does_not_know_fails_before_the_unit_changes(fleet, deployed):
+    before = unit_state(fleet.hosts[0])
+    typo = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], **{"max-num-seqs-typo": 4}))
+    # Preflight would refuse the typo first; skip it to prove the host-side parser also stops it.
+    result = fleet.play("site.yml", "--skip-tags", "preflight", "--limit", fleet.hosts[0].name, models=[typo])
+    assert result.returncode != 0
+    assert "unrecognized arguments: --max-num-seqs-typo" in result.output
+    assert unit_state(fleet.hosts[0]) == before
+
+
+def test_preflight_refuses_an_unknown_flag_and_no_host_changes(fleet, deployed):
+    before = {h.name: unit_state(h) for h in fleet.hosts}
+    typo = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], **{"max-num-seqs-typo": 4}))
+    result = fleet.play(models=[typo])
+    assert result.returncode != 0
+    assert all(counts["changed"] == 0 for counts in result.recap().values())
+    assert "max-num-seqs-typo" in result.output
+    assert {h.name: unit_state(h) for h in fleet.hosts} == before
+
+
+def test_a_host_refused_by_preflight_is_not_touched(fleet, deployed, tmp_path):
+    # vf2 alone gets a model the rules refuse (longer than the model supports); vf1 stays as it is.
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars").mkdir(parents=True)
+    (inventory / "host_vars").mkdir()
+    (inventory / "hosts.yml").write_text((ansible_run.REPO_ROOT / "inventories/local/hosts.yml").read_text())
+    (inventory / "group_vars/all.yml").write_text(
+        (ansible_run.REPO_ROOT / "inventories/local/group_vars/all.yml").read_text()
+    )
+    refused = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], **{"max-model-len": 100000}))
+    (inventory / "host_vars/vf2.yml").write_text(json.dumps({"vllm_models": [refused]}))
+    before = unit_state(fleet.host("vf2"))
+    result = ansible_run.playbook("-i", str(inventory), "site.yml", env=fleet.env())
+    fleet.outputs.append(result.output)
+    assert result.returncode != 0
+    recap = result.recap()
+    assert recap["vf2"]["failed"] == 1 and recap["vf2"]["changed"] == 0
+    assert recap["vf1"]["failed"] == 0
+    assert "max-model-len" in result.output and "2048" in result.output
+    assert unit_state(fleet.host("vf2")) == before
+
+
+def test_systemd_restarts_a_killed_vllm_and_the_probe_passes_again(fleet, deployed):
+    host = fleet.hosts[0]
+    before = unit_state(host)
+    testhosts.ssh(host, "systemctl", "kill", "-s", "KILL", "vllm-tiny.service")
+    result = fleet.play("playbooks/probe.yml", "--limit", host.name)
+    assert result.returncode == 0, result.output[-4000:]
+    after = unit_state(host)
+    assert after["MainPID"] != before["MainPID"] and after["ActiveState"] == "active"
+
+
+def test_a_corrupted_weight_file_is_downloaded_again(fleet, deployed):
+    host = fleet.hosts[1]
+    weights = "/var/lib/vllm-fleet/models/vllm-fleet/tiny-qwen2/v1/model.safetensors"
+    good = testhosts.ssh(host, "sha256sum", weights).stdout.split()[0]
+    testhosts.ssh(host, f"printf XXXX | dd of={weights} bs=1 seek=4096 conv=notrunc status=none")
+    assert testhosts.ssh(host, "sha256sum", weights).stdout.split()[0] != good
+    fleet.hub.clear_log()
+    result = fleet.play("site.yml", "--limit", host.name)
+    assert result.returncode == 0, result.output[-4000:]
+    assert [r.file_path for r in fleet.hub.content_requests()] == ["model.safetensors"]
+    assert testhosts.ssh(host, "sha256sum", weights).stdout.split()[0] == good
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(fleet, deployed):
+    host = fleet.hosts[1]
+    fleet.hub.clear_log()
+    fleet.hub.cut_body_once(TINY, "model.safetensors", 1_000_000, revision="v1")
+    env_python = "/opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/python"
+    args = (
+        f"model={TINY} revision=v1 local_dir=/var/tmp/resume-test endpoint={fleet.hub.url} "
+        "cache_dir=/var/tmp/resume-cache"
+    )
+    result = ansible_run.run(
+        "ansible",
+        "-i",
+        "inventories/local",
+        host.name,
+        "-m",
+        "modelscope_download",
+        "-a",
+        args,
+        "-e",
+        f"ansible_python_interpreter={env_python}",
+    )
+    assert result.returncode == 0, result.output
+    ranges = [r.range for r in fleet.hub.content_requests("model.safetensors")]
+    assert ranges[0] in (None, "") and any(r and r.startswith("bytes=1000000-") for r in ranges[1:]), ranges
+    source = fleet.hub.root / TINY / "v1" / "model.safetensors"
+    import hashlib
+
+    assert (
+        testhosts.ssh(host, "sha256sum", "/var/tmp/resume-test/model.safetensors").stdout.split()[0]
+        == hashlib.sha256(source.read_bytes()).hexdigest()
+    )
+
+
+def test_the_newline_model_fails_its_probe_with_the_reason(fleet, deployed):
+    host = fleet.hosts[0]
+    newline = dict(TINY_MODEL, name="newline", model=NEWLINE, port=8001)
+    # The tiny model goes (state: absent) so one server per host keeps memory in bounds.
+    result = fleet.play("site.yml", "--limit", host.name, models=[{**TINY_MODEL, "state": "absent"}, newline])
+    assert result.returncode != 0
+    assert "newline" in result.output.lower()
+    assert "only newlines" in result.output or "only whitespace" in result.output, result.output[-4000:]
+    assert testhosts.ssh(host, "test", "!", "-e", UNIT, check=False).returncode == 0, "absent unit removed"
+    # Put the host back as the rest of the file expects it.
+    restored = fleet.play("site.yml", "--limit", host.name, models=[TINY_MODEL, {**newline, "state": "absent"}])
+    assert restored.returncode == 0, restored.output[-4000:]
+
+
+def test_a_flag_that_breaks_vllm_at_start_fails_the_host_with_the_journal(fleet, deployed):
+    host = fleet.hosts[1]
+    broken = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], tokenizer="/nonexistent/tokenizer"))
+    result = fleet.play("site.yml", "--limit", host.name, models=[broken])
+    assert result.returncode != 0
+    assert "journal of vllm-tiny" in result.output
+    assert "/nonexistent/tokenizer" in result.output.split("journal of vllm-tiny", 1)[1]
+    restored = fleet.play("site.yml", "--limit", host.name)
+    assert restored.returncode == 0, restored.output[-4000:]
+
+
+def test_the_api_key_is_in_no_argv_journal_or_ansible_output(fleet, deployed):
+    for host in fleet.hosts:
+        assert API_KEY not in testhosts.ssh(host, "ps", "-eo", "args").stdout
+        assert API_KEY not in testhosts.ssh(host, "journalctl", "--no-pager", "-o", "cat").stdout
+        assert API_KEY not in testhosts.ssh(host, "cat", UNIT).stdout
+        mode = testhosts.ssh(host, "stat", "-c", "%a %U", "/etc/vllm-fleet/tiny.env").stdout.split()
+        assert mode == ["600", "root"]
+    assert fleet.outputs and not [out for out in fleet.outputs if API_KEY in out]

@@ -1,0 +1,61 @@
+"""The foundation: real systemd hosts that real ansible can converge."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.hosts import testhosts
+from tests.integration import ansible_run
+
+pytestmark = pytest.mark.hosts
+
+
+def test_hosts_boot_with_systemd_running(test_hosts):
+    for host in test_hosts:
+        state = testhosts.ssh(host, "systemctl", "is-system-running", check=False).stdout.strip()
+        failed = testhosts.ssh(host, "systemctl", "--failed", "--no-legend", "--plain").stdout.strip()
+        assert state == "running", f"{host.name}: systemd is {state}; failed units:\n{failed}"
+        assert testhosts.ssh(host, "cat", "/proc/1/comm").stdout.strip() == "systemd"
+
+
+def test_each_host_has_its_own_address_and_name(test_hosts):
+    names = {testhosts.ssh(h, "hostname").stdout.strip() for h in test_hosts}
+    assert names == {h.name for h in test_hosts}
+    for host in test_hosts:
+        addresses = testhosts.ssh(host, "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
+        assert f" {host.address}/24 " in addresses
+
+
+def test_ansible_ping_over_the_local_inventory(test_hosts):
+    result = ansible_run.run("ansible", "-i", "inventories/local", "all", "-m", "ansible.builtin.ping")
+    assert result.returncode == 0, result.output
+    for host in test_hosts:
+        assert f"{host.name} | SUCCESS" in result.output, result.output
+    assert result.output.count('"ping": "pong"') == len(test_hosts)
+
+
+def test_a_unit_installed_by_ansible_is_active_and_a_rerun_changes_nothing(test_hosts):
+    first = ansible_run.playbook("-i", "inventories/local", "tests/integration/playbooks/hello_unit.yml")
+    assert first.returncode == 0, first.output
+    assert all(first.changed()[h.name] > 0 for h in test_hosts), first.output
+    for host in test_hosts:
+        active = testhosts.ssh(host, "systemctl", "is-active", "vllm-fleet-hello.service", check=False)
+        assert active.stdout.strip() == "active"
+    second = ansible_run.playbook("-i", "inventories/local", "tests/integration/playbooks/hello_unit.yml")
+    assert second.returncode == 0, second.output
+    assert second.changed() == {h.name: 0 for h in test_hosts}, second.output
+
+
+def test_create_is_idempotent_and_destroy_leaves_nothing(host_tooling, tmp_path):
+    # A third host of its own, so the session's hosts are not disturbed.
+    inventory = tmp_path / "hosts.yml"
+    (host,) = testhosts.create(1, inventory, first=9)
+    try:
+        again = testhosts.create(1, inventory, first=9)
+        assert again[0].pid == host.pid, "a second create must keep the running host"
+        assert "vf9" in inventory.read_text()
+    finally:
+        testhosts.destroy(["vf9"], inventory)
+    assert not [line for line in testhosts.leftovers() if "vf9" in line]
+    testhosts.destroy(["vf9"], inventory)  # destroying twice is fine
+    assert "vf9" not in inventory.read_text()
