@@ -32,6 +32,14 @@ def vllm_models_with_plan(items, host_plan):
         raise AnsibleFilterError(str(e)) from e
 
 
+def vllm_model_revisions(items):
+    """The distinct {model, revision} pairs of the present models in items."""
+    try:
+        return inventory.unique_revisions(items)
+    except inventory.InventoryError as e:
+        raise AnsibleFilterError(str(e)) from e
+
+
 def vllm_served_name(model):
     return inventory.served_name(model)
 
@@ -50,6 +58,7 @@ class FilterModule:
         return {
             "vllm_models_normalized": vllm_models_normalized,
             "vllm_models_with_plan": vllm_models_with_plan,
+            "vllm_model_revisions": vllm_model_revisions,
             "vllm_served_name": vllm_served_name,
             "systemd_exec_args": systemd_exec_args,
             "systemd_environment": systemd_environment,

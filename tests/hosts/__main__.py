@@ -11,22 +11,25 @@ from . import testhosts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.hosts", description=__doc__)
-    parser.add_argument(
+    # --inventory is accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--inventory",
         type=Path,
-        default=testhosts.DEFAULT_INVENTORY,
-        help="inventory file written for the running hosts (default: %(default)s)",
+        default=argparse.SUPPRESS,
+        help=f"inventory file that lists the hosts created through it (default: {testhosts.DEFAULT_INVENTORY})",
     )
+    parser = argparse.ArgumentParser(prog="python -m tests.hosts", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    create = sub.add_parser("create", help="ensure N hosts run (idempotent)")
+    create = sub.add_parser("create", help="ensure N hosts run (idempotent)", parents=[common])
     create.add_argument("count", type=int)
     create.add_argument("--first", type=int, default=1, help="number of the first host (vf<first>); default 1")
-    sub.add_parser("list", help="the running hosts")
-    destroy = sub.add_parser("destroy", help="stop and remove hosts (all without names)")
+    sub.add_parser("list", help="the running hosts", parents=[common])
+    destroy = sub.add_parser("destroy", help="stop and remove hosts (all without names)", parents=[common])
     destroy.add_argument("names", nargs="*")
-    sub.add_parser("leftovers", help="exit 1 if any test host leaves anything on this machine")
+    sub.add_parser("leftovers", help="exit 1 if any test host leaves anything on this machine", parents=[common])
     args = parser.parse_args(argv)
+    args.inventory = getattr(args, "inventory", testhosts.DEFAULT_INVENTORY)
 
     if args.command == "create":
         started = time.monotonic()

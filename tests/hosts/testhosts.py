@@ -17,6 +17,7 @@ whether or not the state file survived: the nspawn process (by its
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ class Host:
     address: str  # the host's address, reachable from this machine
     controller_address: str  # this machine's address, reachable from the host
     pid: int  # the supervisor that runs systemd-nspawn (and reruns it on reboot)
+    inventory: str = ""  # the inventory file that lists it (each caller's hosts stay apart)
 
     @property
     def netns(self) -> str:
@@ -246,6 +248,15 @@ def _state_file() -> Path:
     return STATE_DIR / "hosts.json"
 
 
+@contextlib.contextmanager
+def _state_lock():
+    """One process at a time reads-modifies-writes the state (tests and molecule create hosts concurrently)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _load_state() -> dict[str, Host]:
     try:
         data = json.loads(_state_file().read_text())
@@ -291,8 +302,24 @@ def list_hosts() -> list[Host]:
     return [h for h in sorted(_load_state().values(), key=lambda h: h.index) if _nspawn_pids(h.name)]
 
 
+def _listed_in(inventory: Path) -> list[Host]:
+    """The running hosts created for this inventory file, not another caller's."""
+    return [h for h in list_hosts() if h.inventory == str(inventory)]
+
+
 def create(count: int, inventory: Path | None = DEFAULT_INVENTORY, log=print, first: int = 1) -> list[Host]:
     """Ensure hosts vf<first>..vf<first+count-1> run; idempotent (running hosts are kept as they are)."""
+    with _state_lock():
+        return _create(count, inventory, log, first)
+
+
+def destroy(names: list[str] | None = None, inventory: Path | None = DEFAULT_INVENTORY, log=print) -> None:
+    """Stop and remove hosts (all when names is None); idempotent, leaves nothing behind."""
+    with _state_lock():
+        _destroy(names, inventory, log)
+
+
+def _create(count: int, inventory: Path | None, log, first: int) -> list[Host]:
     if os.geteuid() != 0:
         raise RuntimeError("test hosts need root (network namespaces, mounts, systemd-nspawn)")
     for tool in ("systemd-nspawn", "ip", "ssh"):
@@ -312,7 +339,7 @@ def create(count: int, inventory: Path | None = DEFAULT_INVENTORY, log=print, fi
         root = _mount_root(name, base)
         _personalize(root, name)
         pid = _start(name, root)
-        host = Host(name, index, f"{SUBNET}.{index}.2", f"{SUBNET}.{index}.1", pid)
+        host = Host(name, index, f"{SUBNET}.{index}.2", f"{SUBNET}.{index}.1", pid, str(inventory or ""))
         state[name] = host
         _save_state(state)
         started.append((host, t0))
@@ -321,12 +348,14 @@ def create(count: int, inventory: Path | None = DEFAULT_INVENTORY, log=print, fi
         log(f"{host.name}: {host.address} up in {time.monotonic() - t0:.1f} s, systemd says {verdict}")
     hosts = [state[host_name(i)] for i in indices]
     if inventory is not None:
-        write_inventory(list_hosts(), inventory)
+        for host in hosts:
+            host.inventory = str(inventory)
+        _save_state(state)
+        write_inventory(_listed_in(inventory), inventory)
     return hosts
 
 
-def destroy(names: list[str] | None = None, inventory: Path | None = DEFAULT_INVENTORY, log=print) -> None:
-    """Stop and remove hosts (all when names is None); idempotent, leaves nothing behind."""
+def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
     state = _load_state()
     if names is None:
         names = sorted(set(state) | set(_leftover_names()))
@@ -340,7 +369,7 @@ def destroy(names: list[str] | None = None, inventory: Path | None = DEFAULT_INV
         log(f"{name}: destroyed")
     _save_state(state)
     if inventory is not None:
-        write_inventory(list_hosts(), inventory)
+        write_inventory(_listed_in(inventory), inventory)
 
 
 def _stop(name: str, timeout: float = 20) -> None:

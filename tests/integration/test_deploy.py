@@ -5,6 +5,7 @@ it with real requests. Tests run in file order and build on the state the previo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import urllib.error
@@ -91,6 +92,21 @@ def request(host, path: str, body: dict, api_key: str | None = API_KEY) -> tuple
         return exc.code, {}
 
 
+def test_check_mode_on_bare_hosts_plans_everything_and_changes_nothing(fleet):
+    # Runs before the `deployed` fixture: the hosts are bare.
+    result = fleet.play("site.yml", "--check")
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.output.count("would probe http://") == 3 * len(fleet.hosts)
+    for host in fleet.hosts:
+        leftovers = testhosts.ssh(
+            host,
+            "ls -d /opt/vllm-fleet /var/lib/vllm-fleet /etc/vllm-fleet /etc/systemd/system/vllm-tiny.service",
+            check=False,
+        )
+        assert leftovers.stdout.strip() == "", f"--check changed {host.name}: {leftovers.stdout}"
+        assert testhosts.ssh(host, "id", "vllm", check=False).returncode != 0
+
+
 def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deployed):
     output = deployed.output
     assert all(counts["failed"] == 0 for counts in deployed.recap().values()), output[-4000:]
@@ -170,7 +186,9 @@ def test_a_host_refused_by_preflight_is_not_touched(fleet, deployed, tmp_path):
 def test_systemd_restarts_a_killed_vllm_and_the_probe_passes_again(fleet, deployed):
     host = fleet.hosts[0]
     before = unit_state(host)
-    testhosts.ssh(host, "systemctl", "kill", "-s", "KILL", "vllm-tiny.service")
+    # A crash of vLLM's main process. (Signalling the whole cgroup fails inside these containers:
+    # "Failed to send signal SIGKILL to auxiliary processes: Input/output error".)
+    testhosts.ssh(host, "systemctl", "kill", "--kill-whom=main", "-s", "KILL", "vllm-tiny.service")
     result = fleet.play("playbooks/probe.yml", "--limit", host.name)
     assert result.returncode == 0, result.output[-4000:]
     after = unit_state(host)
@@ -215,8 +233,6 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet, deployed):
     ranges = [r.range for r in fleet.hub.content_requests("model.safetensors")]
     assert ranges[0] in (None, "") and any(r and r.startswith("bytes=1000000-") for r in ranges[1:]), ranges
     source = fleet.hub.root / TINY / "v1" / "model.safetensors"
-    import hashlib
-
     assert (
         testhosts.ssh(host, "sha256sum", "/var/tmp/resume-test/model.safetensors").stdout.split()[0]
         == hashlib.sha256(source.read_bytes()).hexdigest()
@@ -256,3 +272,28 @@ def test_the_api_key_is_in_no_argv_journal_or_ansible_output(fleet, deployed):
         mode = testhosts.ssh(host, "stat", "-c", "%a %U", "/etc/vllm-fleet/tiny.env").stdout.split()
         assert mode == ["600", "root"]
     assert fleet.outputs and not [out for out in fleet.outputs if API_KEY in out]
+
+
+def test_the_fleet_mirror_downloads_each_revision_once_for_all_hosts(fleet, deployed, tmp_path):
+    fleet.hub.clear_log()
+    root = "/var/tmp/mirror-test"
+    result = fleet.play(
+        "tests/integration/playbooks/weights_only.yml",
+        "-e",
+        json.dumps(
+            {
+                "model_weights_source": "controller",
+                "model_weights_root": root,
+                "model_weights_mirror_dir": str(tmp_path / "mirror"),
+                "model_weights_python": "/opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/python",
+            }
+        ),
+    )
+    assert result.returncode == 0, result.output[-4000:]
+    model_size = sum(f.stat().st_size for f in (fleet.hub.root / TINY / "v1").iterdir())
+    assert fleet.hub.content_bytes_sent() == model_size, "two hosts, one upstream download"
+    source = fleet.hub.root / TINY / "v1" / "model.safetensors"
+    want = hashlib.sha256(source.read_bytes()).hexdigest()
+    for host in fleet.hosts:
+        got = testhosts.ssh(host, "sha256sum", f"{root}/{TINY}/v1/model.safetensors").stdout.split()[0]
+        assert got == want

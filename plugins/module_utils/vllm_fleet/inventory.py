@@ -83,3 +83,14 @@ def apply_plan(items: list | None, host_plan: dict | None) -> list[dict]:
             model["flags"] = normalize(dict(translated))
             model["flags"].setdefault("served-model-name", model["name"])
     return models
+
+
+def unique_revisions(items: list | None) -> list[dict]:
+    """The distinct (repo, revision) pairs of present models, e.g. of a whole play's hosts."""
+    seen: dict[tuple[str, str], dict] = {}
+    for model in normalize_models(items):
+        if model["state"] == "present":
+            seen.setdefault(
+                (model["model"], model["revision"]), {"model": model["model"], "revision": model["revision"]}
+            )
+    return list(seen.values())

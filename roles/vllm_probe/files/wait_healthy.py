@@ -1,9 +1,11 @@
 """Wait, on the host, until a vLLM unit answers /health; give up early if it crashes.
 
 Usage: python3 wait_healthy.py UNIT URL TIMEOUT_S
-Polls once a second. Exits 0 when /health answers 200; 3 when the unit fails or
-restarts while we wait (systemd's Restart=on-failure would otherwise hide a
-crash loop behind a long timeout); 4 on timeout. Prints one JSON line.
+Polls once a second. Exits 0 when /health answers 200; 3 when the unit fails, or
+when a run of it that we saw active ends before it became healthy (systemd's
+Restart=on-failure would otherwise hide a crash loop behind a long timeout); 4 on
+timeout. A unit found waiting to be restarted (it crashed before we looked) is
+given its restart. Prints one JSON line.
 """
 
 import json
@@ -34,13 +36,17 @@ def healthy(url):
 
 def main(unit, url, timeout_s):
     started = time.monotonic()
-    first = unit_state(unit)
+    seen_active = None  # the InvocationID of a run we saw active
     while time.monotonic() - started < timeout_s:
         if healthy(url):
             return 0, {"healthy": True, "waited_s": round(time.monotonic() - started, 1)}
         now = unit_state(unit)
-        crashed = now.get("ActiveState") == "failed" or now.get("InvocationID") != first.get("InvocationID")
-        if crashed:
+        ended = seen_active is not None and (
+            now.get("InvocationID") != seen_active or now.get("ActiveState") != "active"
+        )
+        if now.get("ActiveState") == "active" and seen_active is None:
+            seen_active = now.get("InvocationID")
+        if now.get("ActiveState") == "failed" or ended:
             return 3, {
                 "healthy": False,
                 "reason": f"{unit} {'failed' if now.get('ActiveState') == 'failed' else 'restarted'} "
