@@ -269,7 +269,7 @@ def test_the_api_key_is_in_no_argv_journal_or_ansible_output(fleet, deployed):
         assert API_KEY not in testhosts.ssh(host, "ps", "-eo", "args").stdout
         assert API_KEY not in testhosts.ssh(host, "journalctl", "--no-pager", "-o", "cat").stdout
         assert API_KEY not in testhosts.ssh(host, "cat", UNIT).stdout
-        mode = testhosts.ssh(host, "stat", "-c", "%a %U", "/etc/vllm-fleet/tiny.env").stdout.split()
+        mode = testhosts.ssh(host, "stat -c '%a %U' /etc/vllm-fleet/tiny.env").stdout.split()
         assert mode == ["600", "root"]
     assert fleet.outputs and not [out for out in fleet.outputs if API_KEY in out]
 

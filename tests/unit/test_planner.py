@@ -265,3 +265,18 @@ def test_gpu_may_be_an_object():
         name, memory_bytes, compute_capability = "H100", 85_017_493_504, "9.0"
 
     assert plan_memory(Q7B, Gpu()).kv_tokens == plan_memory(Q7B, H100).kv_tokens
+
+
+def test_awq_zero_points_grow_only_under_hoppers_machete_kernel():
+    """vLLM 0.26 runs GPTQ/AWQ through Machete on cc 9.0 (AWQ zero points become fp16) and
+    through Marlin on a T4 (packed): tests/data/gpu/measured.json, 14B AWQ on an H100."""
+    from vllm_fleet.planner import kernel_repack_bytes
+
+    awq = qwen15(
+        5120, 13696, 40, 40, 40, 152064, quant={"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}
+    )
+    assert kernel_repack_bytes(awq, T4) == 0 and kernel_repack_bytes(Q14B_INT4, H100) == 0
+    extra = kernel_repack_bytes(awq, H100)
+    assert 0.13 < extra / 1024**3 < 0.15
+    assert kernel_repack_bytes(awq, H100, tp=2) == extra // 2
+    assert plan_memory(awq, H100).weights_gib_per_gpu > plan_memory(awq, T4, max_model_len=2048).weights_gib_per_gpu

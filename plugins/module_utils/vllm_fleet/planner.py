@@ -88,6 +88,15 @@ SAFETY_MARGIN_BYTES = int(0.25 * GIB)
 # device ... is less than desired GPU memory utilization"). Not measured: typical size.
 CUDA_CONTEXT_BYTES = int(0.4 * GIB)
 
+# GPTQ/AWQ kernels by compute capability (vllm/model_executor/kernels/linear/__init__.py
+# choose_mp_linear_kernel): Machete on cc 9.0 exactly (machete.py: is_device_capability(90)),
+# Marlin from 7.5 (the T4). Machete's process_weights_after_loading turns AWQ's packed 4-bit
+# zero points into act-dtype "-scale x zero" tensors (transform_w_zp): 2 B instead of 0.5 B per
+# group and output column, so an AWQ model takes more memory on an H100 than its checkpoint.
+# Measured (tests/data/gpu/measured.json): Qwen1.5-14B-AWQ loads 9.29 GiB on an H100, 0.28 GiB
+# above its checkpoint bytes; this term is 0.14 of it. Marlin keeps them packed.
+MACHETE_CAPABILITY = 90
+
 # vLLM's padding of the vocabulary (vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE).
 VOCAB_PADDING = 64
 
@@ -224,6 +233,28 @@ def weight_bytes_per_rank(facts: ModelFacts, tp: int = 1, pp: int = 1, dtype_byt
     return int(est_rank * scale) + rotary
 
 
+def _cc_int(gpu) -> int:
+    cc = _get(gpu, "compute_capability")
+    if not cc:
+        return 0
+    major, _, minor = str(cc).partition(".")
+    return int(major) * 10 + int(minor or 0)
+
+
+def kernel_repack_bytes(facts: ModelFacts, gpu, tp: int = 1, pp: int = 1, dtype_bytes: int = 2) -> int:
+    """Bytes the GPU's quantized-linear kernel adds to the checkpoint's on one rank (see
+    MACHETE_CAPABILITY): AWQ zero points expanded to the act dtype on Hopper; 0 elsewhere."""
+    q = facts.quant
+    if q is None or q.method != "awq" or q.zero_point is False or _cc_int(gpu) != MACHETE_CAPABILITY:
+        return 0
+    h, inter = facts.hidden_size, facts.intermediate_size
+    q_out, kv_out = facts.num_attention_heads * facts.head_dim, facts.num_key_value_heads * facts.head_dim
+    shapes = [(h, q_out), (h, kv_out), (h, kv_out), (q_out, h), (h, inter), (h, inter), (inter, h)]
+    group = lambda k: q.group_size if q.group_size > 0 else k  # noqa: E731
+    per_layer = sum(_cdiv(k, group(k)) * n for k, n in shapes)
+    return int(per_layer * _cdiv(facts.num_hidden_layers, pp) / tp * (dtype_bytes - q.bits / 8))
+
+
 def activation_bytes(
     facts: ModelFacts,
     tp: int,
@@ -324,7 +355,7 @@ def plan_memory(
 
     problems: list[dict] = []
     requested = math.ceil(total * gpu_memory_utilization)
-    weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes)
+    weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes) + kernel_repack_bytes(facts, gpu, tp, pp, dtype_bytes)
     activation = activation_bytes(facts, tp, tokens, seqs, dtype_bytes)
     graphs_counted = not enforce_eager and version_tuple(vllm_version) >= (0, 21)
     graphs = cuda_graph_bytes(facts, pp, seqs, tokens) if not enforce_eager else 0

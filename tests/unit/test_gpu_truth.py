@@ -1,0 +1,139 @@
+"""The planner and the rules table against real vLLM 0.26.0 on CUDA (docs/gpu-truth.md).
+
+tests/data/gpu/measured.json: `vllm serve` starts on an H100 with the argv the vllm_service role
+renders (bench/gpu/matrix.py, run_matrix.py); the planner must predict each within ±5 %.
+tests/data/gpu/layer_check.json: vLLM building each model's layers for cc 7.5 / 7.0 at tp
+1/2/4/8 (bench/gpu/layer_check.py); the rules table must give the same verdict every time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from vllm_fleet import rules
+from vllm_fleet.model_facts import facts_from_config, load_model_dir
+from vllm_fleet.planner import plan_memory
+from vllm_fleet.serve_args import normalize, to_argv
+
+ROOT = Path(__file__).parents[2]
+DATA = ROOT / "tests" / "data" / "gpu"
+MEASURED = json.loads((DATA / "measured.json").read_text())
+LAYERS = json.loads((DATA / "layer_check.json").read_text())
+TOLERANCE = 0.05
+PLAN_KW = {
+    "gpu-memory-utilization": "gpu_memory_utilization",
+    "max-num-batched-tokens": "max_num_batched_tokens",
+    "max-num-seqs": "max_num_seqs",
+    "enforce-eager": "enforce_eager",
+    "max-model-len": "max_model_len",
+}
+CASES = MEASURED["cases"]
+STARTED = [c for c in CASES if not c["measured"].get("error")]
+REFUSED = [c for c in CASES if c["measured"].get("error")]
+
+
+def _plan(case):
+    config = json.loads((ROOT / "model_configs" / "qwen" / case["model"] / "config.json").read_text())
+    kwargs = {kw: case["flags"][flag] for flag, kw in PLAN_KW.items() if flag in case["flags"]}
+    return plan_memory(facts_from_config(config, name=case["model"]), MEASURED["gpu"], vllm_version="0.26.0", **kwargs)
+
+
+def _within(predicted: float, measured: float) -> bool:
+    return abs(predicted - measured) <= TOLERANCE * abs(measured)
+
+
+def _ids(cases):
+    return [c["id"] for c in cases]
+
+
+def test_the_table_covers_fp16_gptq_awq_sizes_budgets_and_graphs():
+    models = {c["model"] for c in CASES}
+    assert {"Qwen1.5-0.5B-Chat", "Qwen1.5-32B-Chat-GPTQ-Int4", "Qwen1.5-14B-Chat-AWQ"} <= models
+    assert any(c["flags"]["gpu-memory-utilization"] < 0.2 for c in CASES)  # a T4's budget
+    assert any(not c["flags"].get("enforce-eager") for c in CASES)  # CUDA graphs
+    assert any(c["measured"].get("completion_tokens") for c in CASES)  # served a request
+    assert REFUSED and STARTED
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_argv_is_what_the_role_renders(case):
+    """The measured argv is the role's: vllm_argv (normalize + to_argv) of the case's flags."""
+    assert case["argv"][1:3] == ["serve", f"MODELS/{case['model']}"]
+    assert case["argv"][7:] == to_argv(normalize(case["flags"]))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_weights_within_5_percent(case):
+    plan = _plan(case)
+    assert _within(plan.weights_gib_per_gpu, case["measured"]["weights_gib"]), (plan.weights_gib_per_gpu, case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_kv_cache_gib_within_5_percent(case):
+    plan = _plan(case)
+    assert _within(plan.kv_cache_gib, case["measured"]["kv_gib"]), (plan.kv_cache_gib, case["measured"])
+
+
+@pytest.mark.parametrize("case", STARTED, ids=_ids(STARTED))
+def test_started_cases_fit_and_kv_tokens_within_5_percent(case):
+    plan = _plan(case)
+    assert plan.fits, plan.problems
+    assert _within(plan.kv_tokens, case["measured"]["kv_tokens"]), (plan.kv_tokens, case["measured"])
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=_ids(REFUSED))
+def test_refusals_are_predicted_in_vllms_words(case):
+    plan = _plan(case)
+    assert not plan.fits
+    assert case["measured"]["error"] in plan.problems[0]["message"]
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in REFUSED if c["measured"].get("estimated_max_model_len")], ids=lambda c: c["id"]
+)
+def test_estimated_maximum_model_length_within_5_percent(case):
+    plan = _plan(case)
+    assert _within(plan.max_model_len_fit, case["measured"]["estimated_max_model_len"]), (
+        plan.max_model_len_fit,
+        case["measured"],
+    )
+    assert f"estimated maximum model length is {plan.max_model_len_fit}" in plan.problems[0]["message"]
+
+
+# --- the rules table against vLLM building the layers -----------------------------------------
+
+RULE_ROWS = (*rules.TP_SHAPE_RULES, "quant-capability", "quant-type", "gptq-group-size", "gptq-desc-act")
+ROWS = LAYERS["rows"]
+
+
+def _row_id(row):
+    return f"{row['config'].split('/')[-1]}-{row['gpu']}-tp{row['tp']}"
+
+
+def test_layer_check_covers_t4_and_v100_at_every_tp():
+    assert LAYERS["vllm_version"] == "0.26.0"
+    assert {(r["gpu"], r["tp"]) for r in ROWS} == {(g, t) for g in ("T4", "V100") for t in (1, 2, 4, 8)}
+    assert all(r["vllm"] in ("accept", "refuse") for r in ROWS)  # no row where the check itself broke
+    configs = {r["config"] for r in ROWS}
+    assert len(configs) >= 12 and any("unpadded" in c for c in configs)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
+def test_rules_agree_with_vllm(row):
+    facts = load_model_dir(str(ROOT / row["config"]))
+    gpu = {"name": row["gpu"], "compute_capability": row["cc"], "memory_mib": 15360}
+    case = rules.Case(facts=facts, gpus=[gpu] * row["tp"], flags={}, vllm_version="0.26.0", tp=row["tp"])
+    errors, _ = rules.evaluate(case, "0.26.0", "model", only=RULE_ROWS)
+    verdict = "refuse" if errors else "accept"
+    assert verdict == row["vllm"], (row.get("error"), errors)
+
+
+def test_quantized_layers_really_were_quantized():
+    """A GPTQ config without modules_in_block_to_quantize silently builds fp16 layers from dummy
+    weights; layer_check adds it, and every accepted quantized row used a quantized method."""
+    for row in ROWS:
+        if row["vllm"] == "accept" and ("GPTQ" in row["config"] or "AWQ" in row["config"]):
+            methods = {layer["method"] for layer in row["layers"].values() if isinstance(layer, dict)}
+            assert methods <= {"AutoGPTQLinearMethod", "AutoAWQMarlinLinearMethod"}, (row["config"], methods)
