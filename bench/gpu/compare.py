@@ -20,20 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
 
 from vllm_fleet.model_facts import facts_from_config  # noqa: E402
-from vllm_fleet.planner import plan_memory  # noqa: E402
+from vllm_fleet.planner import kwargs_from_flags, plan_memory  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "gpu"
 H100 = {"name": "H100", "memory_bytes": 85_017_493_504, "memory_mib": 81559, "compute_capability": "9.0"}
 
-# inventory flag -> plan_memory keyword
-PLAN_KW = {
-    "gpu-memory-utilization": "gpu_memory_utilization",
-    "max-num-batched-tokens": "max_num_batched_tokens",
-    "max-num-seqs": "max_num_seqs",
-    "enforce-eager": "enforce_eager",
-    "max-model-len": "max_model_len",
-    "tensor-parallel-size": "tp",
-}
 KEEP = (
     "status",
     "weights_gib",
@@ -60,7 +51,7 @@ KEEP = (
 
 
 def plan_kwargs(flags: dict) -> dict:
-    return {kw: flags[f] for f, kw in PLAN_KW.items() if f in flags}
+    return kwargs_from_flags(flags)
 
 
 def config_of(model: str) -> dict:

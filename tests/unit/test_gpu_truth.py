@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from vllm_fleet import rules
 from vllm_fleet.model_facts import facts_from_config, load_model_dir
-from vllm_fleet.planner import plan_memory
+from vllm_fleet.planner import kwargs_from_flags, plan_memory
 from vllm_fleet.serve_args import normalize, to_argv
 
 ROOT = Path(__file__).parents[2]
@@ -22,13 +22,6 @@ DATA = ROOT / "tests" / "data" / "gpu"
 MEASURED = json.loads((DATA / "measured.json").read_text())
 LAYERS = json.loads((DATA / "layer_check.json").read_text())
 TOLERANCE = 0.05
-PLAN_KW = {
-    "gpu-memory-utilization": "gpu_memory_utilization",
-    "max-num-batched-tokens": "max_num_batched_tokens",
-    "max-num-seqs": "max_num_seqs",
-    "enforce-eager": "enforce_eager",
-    "max-model-len": "max_model_len",
-}
 CASES = MEASURED["cases"]
 STARTED = [c for c in CASES if not c["measured"].get("error")]
 REFUSED = [c for c in CASES if c["measured"].get("error")]
@@ -36,7 +29,7 @@ REFUSED = [c for c in CASES if c["measured"].get("error")]
 
 def _plan(case):
     config = json.loads((ROOT / "model_configs" / "qwen" / case["model"] / "config.json").read_text())
-    kwargs = {kw: case["flags"][flag] for flag, kw in PLAN_KW.items() if flag in case["flags"]}
+    kwargs = kwargs_from_flags(case["flags"])
     return plan_memory(facts_from_config(config, name=case["model"]), MEASURED["gpu"], vllm_version="0.26.0", **kwargs)
 
 

@@ -314,6 +314,22 @@ def _round_len(n: int, block_size: int) -> int:
     return max(n // block_size * block_size, 0)
 
 
+# `vllm serve` flags (docs/inventory.md spelling) -> plan_memory keyword arguments.
+FLAG_KEYWORDS = {
+    "gpu-memory-utilization": "gpu_memory_utilization",
+    "max-num-batched-tokens": "max_num_batched_tokens",
+    "max-num-seqs": "max_num_seqs",
+    "enforce-eager": "enforce_eager",
+    "max-model-len": "max_model_len",
+    "tensor-parallel-size": "tp",
+}
+
+
+def kwargs_from_flags(flags: dict) -> dict:
+    """The plan_memory keywords a model's flags set (the rest keep vLLM's defaults)."""
+    return {keyword: flags[flag] for flag, keyword in FLAG_KEYWORDS.items() if flag in flags}
+
+
 def plan_memory(
     facts,
     gpu,
