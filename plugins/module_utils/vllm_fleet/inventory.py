@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .serve_args import normalize
+from .serve_args import ServeArgsError, normalize
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # The service role owns these: they are not model flags.
@@ -31,7 +31,10 @@ def normalize_model(item: dict) -> dict:
         )
     if not item.get("model"):
         raise InventoryError(f"model {name}: 'model' (the repo id, owner/name) is required")
-    flags = normalize(dict(item.get("flags") or {}))
+    try:
+        flags = normalize(dict(item.get("flags") or {}))
+    except ServeArgsError as e:
+        raise InventoryError(f"model {name}: {e}") from e
     reserved = sorted(RESERVED_FLAGS & set(flags))
     if reserved:
         raise InventoryError(
@@ -86,9 +89,13 @@ def apply_plan(items: list | None, host_plan: dict | None) -> list[dict]:
 
 
 def unique_revisions(items: list | None) -> list[dict]:
-    """The distinct (repo, revision) pairs of present models, e.g. of a whole play's hosts."""
+    """The distinct (repo, revision) pairs of present models, e.g. of a whole play's hosts.
+
+    Items may come from several hosts, so one name may appear more than once: each item is
+    checked on its own, not as one host's list.
+    """
     seen: dict[tuple[str, str], dict] = {}
-    for model in normalize_models(items):
+    for model in (normalize_model(item) for item in items or []):
         if model["state"] == "present":
             seen.setdefault(
                 (model["model"], model["revision"]), {"model": model["model"], "revision": model["revision"]}
