@@ -18,6 +18,8 @@ from vllm_fleet.planner import (
     tp_allowed,
 )
 
+from tests.unit.shapes import qwen2_config
+
 DATA = json.loads((Path(__file__).parents[1] / "data" / "planner" / "measured.json").read_text())
 TOLERANCE = 0.05
 
@@ -28,21 +30,7 @@ H100 = DATA["gpus"]["H100"]
 
 def qwen15(hidden, inter, layers, heads, kv_heads, vocab, *, tied=False, quant=None, name=""):
     """ModelFacts from the Qwen1.5 shapes table in facts.md."""
-    config = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
-        "max_position_embeddings": 32768,
-        "tie_word_embeddings": tied,
-        "torch_dtype": "bfloat16",
-    }
-    if quant:
-        config["quantization_config"] = quant
+    config = qwen2_config(hidden, inter, layers, heads, kv_heads, vocab, tied=tied, quantization_config=quant)
     return facts_from_config(config, name=name)
 
 

@@ -9,23 +9,14 @@ from vllm_fleet import rules
 from vllm_fleet.gpus import resolve
 from vllm_fleet.model_facts import ModelFacts, QuantFacts, facts_from_config
 
+from tests.unit.shapes import qwen2_config
+
 GPTQ = QuantFacts("gptq", 4, 128, desc_act=False, sym=True)
 AWQ = QuantFacts("awq", 4, 128, zero_point=True)
 
 
 def qwen(hidden=4096, inter=11008, layers=32, heads=32, kv=32, quant=None, dtype="float16") -> ModelFacts:
-    cfg = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "vocab_size": 151936,
-        "max_position_embeddings": 32768,
-        "torch_dtype": dtype,
-    }
+    cfg = qwen2_config(hidden, inter, layers, heads, kv, torch_dtype=dtype)
     return replace(facts_from_config(cfg), quant=quant)
 
 
