@@ -47,6 +47,7 @@ KEEP = (
     "linear_kernel",
     "attention_backend",
     "last_error_line",
+    "first_error_line",
 )
 
 
@@ -71,13 +72,16 @@ def build_cases(result_files: list[Path]) -> list[dict]:
     matrix = {c["id"]: c for c in json.loads((ROOT / "bench" / "gpu" / "matrix.json").read_text())["cases"]}
     out: dict[str, dict] = {}
     for path in result_files:
-        for r in json.loads(path.read_text())["results"]:
+        doc = json.loads(path.read_text())
+        for r in doc["results"]:
             case = matrix[r["id"]]
             out[r["id"]] = {
                 "id": r["id"],
                 "model": case["model"],
                 "flags": case["flags"],
                 "argv": case["argv"],
+                # nvidia-smi's lines: one per GPU of the machine the case ran on
+                "device": doc.get("env", {}).get("nvidia_smi", ""),
                 "measured": {k: r[k] for k in KEEP if k in r},
             }
     order = list(matrix)
@@ -92,6 +96,9 @@ def table(cases: list[dict]) -> str:
     lines = [head]
     for c in cases:
         m, p = c["measured"], predict(c)
+        if m.get("weights_gib") is None:  # refused while building the layers: no memory figures
+            lines.append(f"| {c['id']} | refused: {m.get('error')} | {p.weights_gib_per_gpu} / {p.kv_cache_gib} | - |")
+            continue
         if m.get("error") or not p.fits:
             meas = f"{m.get('weights_gib')} / {m.get('kv_gib')} / refused: {m.get('error', 'started')} " + (
                 f"{m.get('estimated_max_model_len')}" if m.get("estimated_max_model_len") else ""
@@ -127,15 +134,20 @@ def main() -> int:
         cases = build_cases(args.results)
         print(table(cases))
         if args.write:
-            env = json.loads(args.results[0].read_text()).get("env", {})
+            # Runs add to the committed table: a case measured again replaces its old row.
+            old = json.loads((DATA / "measured.json").read_text()) if (DATA / "measured.json").is_file() else {}
+            known = [{**c, "device": c.get("device") or old.get("device", "")} for c in old.get("cases", [])]
+            fresh = {c["id"] for c in cases}
+            order = [c["id"] for c in json.loads((ROOT / "bench" / "gpu" / "matrix.json").read_text())["cases"]]
+            cases = sorted([c for c in known if c["id"] not in fresh] + cases, key=lambda c: order.index(c["id"]))
             DATA.mkdir(parents=True, exist_ok=True)
             doc = {
-                "about": "Real vLLM 0.26.0 `vllm serve` starts on one H100 (device machine), dummy weights, argv "
+                "about": "Real vLLM 0.26.0 `vllm serve` starts on H100s (device machines; each case's `device` lists "
+                "its GPUs: tp 2 cases ran on two), dummy weights, argv "
                 "rendered by the vllm_service role's vllm_argv filter (bench/gpu/matrix.py), run by "
                 "bench/gpu/run_matrix.py. tests/unit/test_gpu_truth.py holds the planner to +-5 % of these.",
                 "gpu": H100,
                 "vllm_version": "0.26.0",
-                "device": env.get("nvidia_smi", ""),
                 "cases": cases,
             }
             (DATA / "measured.json").write_text(json.dumps(doc, indent=1) + "\n")

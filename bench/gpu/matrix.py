@@ -103,6 +103,17 @@ def cases() -> list[dict]:
             {"gpu-memory-utilization": T4_UTIL, **T4_BATCH, "max-model-len": 2048},
         )
     )
+    # 4. Tensor parallel, 2 real GPUs (issue 7; needs nvidia-h100-x2): the cases the rules table
+    #    decides by tp, each GPU at the T4 budget. 14B AWQ splits down_proj's 13696 inputs into
+    #    6848 = 53.5 groups of 128 (refused by the rules); 14B GPTQ is padded to 14336 (aligned:
+    #    memory decides); 7B AWQ 11008 / 2 = 43 groups (accepted, served); 7B fp16 and 32B GPTQ
+    #    refuse 32768 with an estimated length the planner predicts.
+    tp2 = {**t4, "tensor-parallel-size": 2}
+    out.append(_case("tp2-t4-14b-awq-eager", "14b-awq", tp2))
+    out.append(_case("tp2-t4-7b-awq-eager", "7b-awq", tp2, probe=True))
+    out.append(_case("tp2-t4-14b-gptq-eager", "14b-gptq", tp2))
+    out.append(_case("tp2-t4-32b-gptq-eager", "32b-gptq", tp2))
+    out.append(_case("tp2-t4-7b-eager", "7b", tp2))
     return out
 
 

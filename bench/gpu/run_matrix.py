@@ -1,6 +1,7 @@
 """Run the GPU-truth matrix ON THE DEVICE MACHINE: real `vllm serve` with the role-rendered argv.
 
     . /root/vllm-env.sh && python3 bench/gpu/run_matrix.py --out $OUT [--ids a,b] [--start N] [--budget S]
+    python3 bench/gpu/run_matrix.py --reparse results.json --logs LOGS_DIR   # here, after adding a pattern
 
 For each case of bench/gpu/matrix.json (rendered here by bench/gpu/matrix.py through the role's
 `vllm_argv` filter) it writes the model's config.json into a model dir (dummy weights: no weight
@@ -64,7 +65,13 @@ PATTERNS = {
     "linear_kernel": (r"Using (\w+) for (?:AutoGPTQLinearMethod|AutoAWQMarlinLinearMethod|\w+LinearMethod)", str),
     "attention_backend": (r"Using (\w+) attention backend", str),
 }
-REFUSALS = ("No available memory for the cache blocks", "estimated maximum model length is")
+REFUSALS = (
+    "No available memory for the cache blocks",
+    "estimated maximum model length is",
+    # A quantized layer split by tp off its group boundary (AWQ/GPTQ without Marlin); a worker
+    # raises it, so the line starts with the worker's "(Worker_TP0 pid=N) ERROR ..." prefix.
+    "The input size is not aligned with the quantized weight shape",
+)
 
 
 def parse_log(text: str) -> dict:
@@ -77,10 +84,12 @@ def parse_log(text: str) -> dict:
         if phrase in text:
             out["error"] = phrase
     errs = re.findall(
-        r"^\S*(?:ValueError|RuntimeError|AssertionError|torch\.OutOfMemoryError|\w+Error): (.+)$", text, re.M
+        r"(?:^|\] |\s)(?:ValueError|RuntimeError|AssertionError|torch\.OutOfMemoryError|\w+Error): (.+)$", text, re.M
     )
     if errs:
         out["last_error_line"] = errs[-1][:600]
+        # tp workers raise the cause; the API server then reports only "Engine core initialization failed"
+        out["first_error_line"] = errs[0][:600]
     return out
 
 
@@ -128,6 +137,10 @@ def run_case(case: dict, models_root: Path, logs: Path, port: int, timeout: floa
     assert argv[1] == "serve", argv
     argv = [PY, "-c", LAUNCH, "serve", str(mdir)] + [str(port) if a == "PORT" else a for a in argv[3:]]
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1"}
+    # Multi-GPU hosts are shared: NVLink multicast stays off (the device's KINDS.md), also in
+    # vLLM's own symmetric-memory all-reduce. These change no memory figure the planner models.
+    env |= {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+    env |= {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
     log_path = logs / f"{case['id']}.log"
     t0 = time.time()
     with open(log_path, "w") as log:
@@ -170,6 +183,16 @@ def run_case(case: dict, models_root: Path, logs: Path, port: int, timeout: floa
     return result
 
 
+def reparse(results_path: Path, logs: Path) -> None:
+    """Re-read every case's log with the current patterns (a pattern added after a device run)."""
+    data = json.loads(results_path.read_text())
+    for r in data["results"]:
+        log = logs / f"{r['id']}.log"
+        if log.is_file():
+            r.update(parse_log(log.read_text(errors="replace")))
+    results_path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-truth"))
@@ -182,7 +205,11 @@ def main() -> int:
     ap.add_argument("--case-timeout", type=float, default=240)
     ap.add_argument("--logs", default="/root/gpu-truth-logs", help="per-case logs; tarred into OUT/logs.tar.gz")
     ap.add_argument("--models", default="/root/gpu-truth-models")
+    ap.add_argument("--reparse", metavar="RESULTS_JSON", help="HERE: re-read --logs into a results.json; run nothing")
     args = ap.parse_args()
+    if args.reparse:
+        reparse(Path(args.reparse), Path(args.logs))
+        return 0
     t_start = time.time()
     if args.deadline:
         args.budget = args.deadline - t_start

@@ -84,7 +84,7 @@ class TestTinyModelPasses:
             health_result, health = probe(server, endpoints=[])
             print(f"\n[probe tiny] module health wait {health['health_wait_s']} s (server started "
                   f"{time.monotonic() - started:.1f} s ago)")  # fmt: skip
-            assert health_result.returncode == 0, health_result.output
+            assert health_result.returncode == 0, f"{health_result.output}\nserver log tail:\n{server.log_tail()}"
             kv_tokens = kv_tokens_predicted(server.model_dir, 1.0)
             plan = {"kv_cache_gib": 1.0, "kv_tokens": kv_tokens, "max_model_len": 512}
             result, answer = probe(server, plan=plan, journal=server.log_text())
@@ -156,9 +156,14 @@ class TestNewlineModelFails:
     @pytest.fixture(scope="class")
     @classmethod
     def probed(cls, newline_model_dir, tmp_path_factory):
-        with keyed_server(newline_model_dir, tmp_path_factory.mktemp("probe-newline")) as server:
+        # Waited for by the fixture (fails at once if vLLM exits, and shows the server's log tail:
+        # one CI run timed out here with nothing to tell why); the probe's own wait is measured
+        # in TestTinyModelPasses.
+        with keyed_server(
+            newline_model_dir, tmp_path_factory.mktemp("probe-newline"), health_timeout_s=HEALTH_TIMEOUT_S
+        ) as server:
             _, health = probe(server, endpoints=[])
-            assert health["healthy"] is True, health
+            assert health["healthy"] is True, f"{health}\nserver log tail:\n{server.log_tail()}"
             # A unit that echoed its environment file would put the key in the journal: the
             # failure message shows the journal's tail, and must not show the key.
             journal = server.log_text() + f"\nEnvironment: VLLM_API_KEY={server.api_key}\n"
