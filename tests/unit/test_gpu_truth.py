@@ -140,7 +140,6 @@ def test_rules_give_vllms_tp_verdict(case):
 # --- the rules table against vLLM building the layers -----------------------------------------
 
 
-
 def _row_id(row):
     return f"{row['config'].split('/')[-1]}-{row['gpu']}-tp{row['tp']}"
 
