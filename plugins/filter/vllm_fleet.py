@@ -13,7 +13,7 @@ _MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 if _MODULE_UTILS not in sys.path:
     sys.path.insert(0, _MODULE_UTILS)
 
-from vllm_fleet import inventory, systemd  # noqa: E402
+from vllm_fleet import inventory, rollout, systemd  # noqa: E402
 
 
 def vllm_models_normalized(items):
@@ -53,6 +53,18 @@ def systemd_environment(name, value):
     return systemd.quote_environment(str(name), str(value))
 
 
+def vllm_rollout_rows_passed(saves, latencies, host):
+    """Rollout summary rows of a host whose models passed (vllm_last_good save results)."""
+    return rollout.rows_from_saves(list(saves or []), dict(latencies or {}), str(host))
+
+
+def vllm_rollout_rows_restored(restores, latencies, host, failure="", answered=False, unchanged_result="failed"):
+    """Rollout summary rows of a host put back to a good state (vllm_last_good restore results)."""
+    return rollout.rows_from_restores(
+        list(restores or []), dict(latencies or {}), str(host), str(failure or ""), bool(answered), unchanged_result
+    )
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -62,4 +74,6 @@ class FilterModule:
             "vllm_served_name": vllm_served_name,
             "systemd_exec_args": systemd_exec_args,
             "systemd_environment": systemd_environment,
+            "vllm_rollout_rows_passed": vllm_rollout_rows_passed,
+            "vllm_rollout_rows_restored": vllm_rollout_rows_restored,
         }

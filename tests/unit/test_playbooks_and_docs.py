@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -75,3 +76,21 @@ def test_model_configs_readme_names_every_shipped_config():
     readme = (ROOT / "model_configs/README.md").read_text()
     for cfg in (ROOT / "model_configs").glob("*/*/config.json"):
         assert f"{cfg.parent.parent.name}/{cfg.parent.name}" in readme
+
+
+def test_every_role_documents_and_specs_each_of_its_variables():
+    """Each role: a README naming every default, argument specs naming every default, and only
+    role-prefixed variables."""
+    for role in sorted(p for p in (ROOT / "roles").iterdir() if p.is_dir()):
+        defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+        readme = (role / "README.md").read_text()
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+        spec_options = {name for entry in specs.values() for name in (entry.get("options") or {})}
+        for name in defaults:
+            assert name.startswith(role.name + "_") or name.startswith(role.name.split("_")[0] + "_"), (role, name)
+            assert f"`{name}`" in readme, f"{role.name}/README.md does not list {name}"
+            assert name in spec_options, f"{role.name}/meta/argument_specs.yml does not list {name}"
+        # Every tasks file used as an entry point (tasks_from) has its own argument spec.
+        for book in (ROOT / "playbooks").glob("*.yml"):
+            for tasks_from in re.findall(rf"name: {role.name}\n\s+tasks_from: (\w+)\.yml", book.read_text()):
+                assert tasks_from in specs, (role.name, tasks_from)

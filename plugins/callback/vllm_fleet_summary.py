@@ -1,0 +1,80 @@
+"""Ansible callback: the rollout summary at the end of site.yml / rollback.yml.
+
+The vllm_rollout role sets the fact `vllm_rollout_summary` (one row per model of the host:
+result, what changed, chat latency) when a host passes, is rolled back or fails. This callback
+collects those rows as they happen - a play that stops at max_fail_percentage runs no later
+task that could print them - and prints one table after the play recap, with the hosts that the
+play never reached. With VLLM_FLEET_SUMMARY_JSON set, it also writes the rows there as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ansible.plugins.callback import CallbackBase
+
+# Controller-side plugins do not see ansible.cfg's module_utils as ansible.module_utils.*; import
+# the shared code from the checkout (as plugins/filter/vllm_fleet.py does).
+_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
+if _MODULE_UTILS not in sys.path:
+    sys.path.insert(0, _MODULE_UTILS)
+
+from vllm_fleet.rollout import summary_table  # noqa: E402
+
+DOCUMENTATION = r"""
+name: vllm_fleet_summary
+type: aggregate
+short_description: Print the vllm-fleet rollout summary at the end of the playbook
+description:
+  - Collects the C(vllm_rollout_summary) facts the vllm_rollout role sets and prints one line per
+    host and model (result, what changed, chat latency), and the hosts the play never reached.
+requirements:
+  - enabled in ansible.cfg (C(callbacks_enabled = vllm_fleet_summary))
+options:
+  summary_json:
+    description: Also write the rows as JSON to this file.
+    type: path
+    env:
+      - name: VLLM_FLEET_SUMMARY_JSON
+"""
+
+FACT = "vllm_rollout_summary"
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "vllm_fleet_summary"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[dict]] = {}
+        self.rollout_play_seen = False
+
+    def v2_playbook_on_play_start(self, play) -> None:
+        # Only the rollout plays (deploy.yml, rollback.yml) declare the batch sizes.
+        if "vllm_rollout_serial" in (play.vars or {}):
+            self.rollout_play_seen = True
+
+    def _collect(self, result) -> None:
+        facts = (result._result or {}).get("ansible_facts") or {}
+        if FACT in facts:
+            self.rows[result._host.get_name()] = list(facts[FACT] or [])
+
+    def v2_runner_on_ok(self, result) -> None:
+        self._collect(result)
+
+    def v2_playbook_on_stats(self, stats) -> None:
+        if not self.rollout_play_seen:
+            return
+        rows = [row for host in sorted(self.rows) for row in self.rows[host]]
+        not_reached = [h for h in sorted(stats.processed) if h not in self.rows]
+        self._display.banner("VLLM-FLEET ROLLOUT SUMMARY")
+        self._display.display(summary_table(rows, not_reached))
+        path = self.get_option("summary_json")
+        if path:
+            with open(os.path.expanduser(path), "w", encoding="utf-8") as fh:
+                json.dump({"rows": rows, "not_reached": not_reached}, fh, indent=1)

@@ -1,0 +1,212 @@
+"""Rollout bookkeeping: last-good records, what a change changed, which slot a rollback restores,
+and which old environments / weight revisions may be pruned.
+
+A *record* describes one model as deployed on one host (written by the vllm_service role, kept by
+the vllm_last_good module once the model passed its probe):
+
+    {"name": "tiny", "model": {...normalized vllm_models item...}, "vllm_version": "0.32.0",
+     "env_dir": "/opt/vllm-fleet/envs/vllm-0.32.0-cpu", "model_dir": ".../tiny-qwen2/v1",
+     "argv": ["/opt/.../bin/vllm", "serve", ...], "unit_sha256": "...", "env_sha256": "..."}
+
+Per host and model two good states are kept: `current` (the last that passed its probe) and
+`previous` (the good one before it). A failed probe restores `current`; `rollback.yml` restores
+`current` when the installed unit is not it, else `previous` (one step back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# What makes two records the same deployment (the unit and secrets files by content, and what
+# they point at); saved_at and other bookkeeping are left out so a re-run changes nothing.
+IDENTITY_KEYS = ("vllm_version", "env_dir", "model_dir", "argv", "unit_sha256", "env_sha256")
+SLOTS = ("current", "previous")
+
+
+def same_deployment(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS)
+
+
+def _flag_args(argv: list[str]) -> list[str]:
+    """The flags of `<bin>/vllm serve <model dir> --host H --port P <flags...>` (from the 3rd item)."""
+    return list(argv[3:]) if len(argv) > 3 and argv[1] == "serve" else list(argv)
+
+
+def _flag_items(argv: list[str]) -> list[str]:
+    """Flags as readable items: '--max-model-len 512', '--enforce-eager'."""
+    items: list[str] = []
+    for arg in _flag_args(argv):
+        if arg.startswith("--") or not items:
+            items.append(arg)
+        else:
+            items[-1] += f" {arg}"
+    return items
+
+
+def changes(before: dict | None, after: dict) -> list[str]:
+    """What a deployment changed, in an operator's words: vLLM version, model revision, flags."""
+    if before is None:
+        model = after.get("model", {})
+        return [f"first good state: vllm {after.get('vllm_version')}, {model.get('model')}@{model.get('revision')}"]
+    out = []
+    if before.get("vllm_version") != after.get("vllm_version"):
+        out.append(f"vllm {before.get('vllm_version')} -> {after.get('vllm_version')}")
+    b_model, a_model = before.get("model", {}), after.get("model", {})
+    if (b_model.get("model"), b_model.get("revision")) != (a_model.get("model"), a_model.get("revision")):
+        b_name = b_model.get("model")
+        a_name = a_model.get("model")
+        if b_name == a_name:
+            out.append(f"revision {b_model.get('revision')} -> {a_model.get('revision')}")
+        else:
+            out.append(f"model {b_name}@{b_model.get('revision')} -> {a_name}@{a_model.get('revision')}")
+    b_flags, a_flags = _flag_items(before.get("argv", [])), _flag_items(after.get("argv", []))
+    removed = [f for f in b_flags if f not in a_flags]
+    added = [f for f in a_flags if f not in b_flags]
+    if removed or added:
+        out.append("flags " + " ".join([f"-[{f}]" for f in removed] + [f"+[{f}]" for f in added]))
+    if not out and before.get("env_sha256") != after.get("env_sha256"):
+        out.append("secrets file (API key)")
+    return out
+
+
+@dataclass(frozen=True)
+class RestoreChoice:
+    slot: str | None  # "current", "previous", or None (nothing to restore)
+    reason: str
+
+
+def choose_restore(target: str, installed: dict, current: dict | None, previous: dict | None) -> RestoreChoice:
+    """Which good state to put back.
+
+    installed: {"unit_sha256", "env_sha256"} of the files on the host now.
+    target "last": the last good state (after a failed probe: the change never became good).
+    target "back": one step back: `current` if the installed files are not it (an unproven or
+    failed change), else `previous` (undo the last good change).
+    """
+    if target not in ("last", "back"):
+        raise ValueError(f"target must be 'last' or 'back', not {target!r}")
+    if current is None:
+        return RestoreChoice(None, "no last good state is recorded for this model on this host")
+    is_current = all(installed.get(k) == current.get(k) for k in ("unit_sha256", "env_sha256"))
+    if target == "last" or not is_current:
+        if is_current:
+            return RestoreChoice(None, "the installed unit is already the last good state")
+        return RestoreChoice("current", "the installed unit is not the last good state")
+    if previous is None:
+        return RestoreChoice(None, "the installed unit is the last good state and no earlier good state is kept")
+    return RestoreChoice("previous", "the installed unit is the last good state: going one step back")
+
+
+def rotate(current: dict | None, previous: dict | None, new: dict) -> tuple[dict, dict | None, bool]:
+    """The slots after saving `new` as good: (current, previous, changed). Saving the current
+    deployment again changes nothing; saving what is in `previous` swaps the two (a rollback that
+    passed its probe)."""
+    if same_deployment(current, new):
+        return current, previous, False
+    return new, current, True
+
+
+def prune_choice(children: list[tuple[str, float]], keep: int, protect: set[str]) -> tuple[list[str], list[str]]:
+    """Children (path, mtime) of one directory of versions: (remove, kept). The `keep` newest are
+    kept, and every protected path (in use by a unit or a last-good state) whatever its age."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    newest_first = sorted(children, key=lambda c: c[1], reverse=True)
+    kept = [p for i, (p, _) in enumerate(newest_first) if i < keep or p in protect]
+    remove = [p for p, _ in newest_first if p not in kept]
+    return remove, kept
+
+
+SUMMARY_COLUMNS = ("host", "model", "result", "what changed", "chat latency")
+
+
+def summary_table(rows: list[dict], not_reached: list[str]) -> str:
+    """The end-of-play table: one line per host and model, then the hosts the play never reached."""
+    lines = []
+    for row in rows:
+        latency = row.get("latency_s")
+        lines.append(
+            (
+                row.get("host", "?"),
+                row.get("model", "?"),
+                row.get("result", "?"),
+                "; ".join(row.get("changes") or ["unchanged"]),
+                f"{latency:.2f} s" if isinstance(latency, (int, float)) else "-",
+            )
+        )
+    for host in not_reached:
+        why = "nothing changed (preflight refused it, or the play stopped first)"
+        lines.append((host, "-", "not reached", why, "-"))
+    widths = [max(len(str(r[i])) for r in [SUMMARY_COLUMNS, *lines]) for i in range(len(SUMMARY_COLUMNS))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [SUMMARY_COLUMNS, *lines])
+
+
+def _latency(latencies: dict | None, name: str):
+    value = (latencies or {}).get(name)
+    return value if isinstance(value, (int, float)) else None
+
+
+def rows_from_saves(saves: list[dict], latencies: dict | None, host: str) -> list[dict]:
+    """Summary rows of a host that passed: one per `vllm_last_good action=save` loop result."""
+    rows = []
+    for save in saves:
+        name = _loop_name(save)
+        changed = bool(save.get("changed"))
+        rows.append(
+            {
+                "host": host,
+                "model": name,
+                "result": "updated" if changed else "unchanged",
+                "changes": list(save.get("changes") or []),
+                "latency_s": _latency(latencies, name),
+            }
+        )
+    return rows
+
+
+def _loop_name(result: dict) -> str:
+    """The model name of a loop result, whatever the loop variable (a model dict or a name)."""
+    item = result.get(result.get("ansible_loop_var", "item"))
+    if isinstance(item, dict):
+        return str(item.get("name", item.get("key", "?")))
+    return str(item) if item is not None else "?"
+
+
+def rows_from_restores(
+    restores: list[dict],
+    latencies: dict | None,
+    host: str,
+    failure: str,
+    answered: bool,
+    unchanged_result: str = "failed",
+) -> list[dict]:
+    """Summary rows of a host put back to a good state, one per `vllm_last_good action=restore`
+    loop result. answered: whether the restored models passed their probe again.
+    unchanged_result: the result of a model with nothing to restore ("failed" after a failed
+    change; "unchanged" for rollback.yml)."""
+    rows = []
+    for restore in restores:
+        name = _loop_name(restore)
+        record = restore.get("record") or {}
+        model = record.get("model") or {}
+        if restore.get("changed"):
+            result = "rolled back" if answered else "rolled back, not yet answering"
+            change = [f"back to {model.get('model')}@{model.get('revision')}, vllm {record.get('vllm_version')}"]
+        else:
+            result = unchanged_result
+            change = [f"nothing restored: {restore.get('reason') or restore.get('msg', '')}"]
+        if failure:
+            change.append(f"because: {failure}")
+        rows.append(
+            {
+                "host": host,
+                "model": name,
+                "result": result,
+                "changes": change,
+                "latency_s": _latency(latencies, name) if restore.get("changed") and answered else None,
+            }
+        )
+    return rows

@@ -1,0 +1,282 @@
+"""Fleet rollout on three real systemd test hosts with real vLLM (CPU build) and the tiny model
+(issue 5, docs/rollout.md). Tests run in file order and build on the state the previous left:
+
+1. site.yml deploys revision v1 to all three hosts at once (-e serial 100%);
+2. a good change (revision v2, other weights) rolls through in batches of one (the default
+   [1, "25%", "100%"] on three hosts) while a client sends requests to every host: in every
+   round of requests at most one host (one batch) fails to answer;
+3. a bad change (a revision whose model answers only newlines) stops at the canary: host 1 is
+   put back to v2 and answers again; hosts 2 and 3 were never touched (unit checksums and
+   service start times unchanged);
+4. rollback.yml puts host 1 one step back (v2 -> v1) with no request to the hub.
+Figures (round counts, durations) are printed for the closing note and docs/rollout.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+
+from tests.hosts import testhosts
+from tests.integration import ansible_run
+from tests.support.hub import StandInHub, publish_tiny_model
+
+pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
+
+TINY = "vllm-fleet/tiny-qwen2"
+API_KEY = "vf-rollout-" + os.urandom(8).hex()
+UNIT = "/etc/systemd/system/vllm-tiny.service"
+STATE = "/var/lib/vllm-fleet/last-good/tiny"
+PLAY = "PLAY [Deploy and prove the models, batch by batch]"
+
+
+def tiny(revision: str) -> dict:
+    return {
+        "name": "tiny",
+        "model": TINY,
+        "revision": revision,
+        "port": 8000,
+        "flags": {"dtype": "bfloat16", "max-model-len": 512, "enforce-eager": True},
+    }
+
+
+@dataclass
+class Reply:
+    host: str
+    t: float
+    ok: bool
+    detail: str
+
+
+class Clients:
+    """A client loop: rounds of one /v1/completions request to every host at once, until stopped.
+    Each reply is recorded with its host, time and result."""
+
+    def __init__(self, hosts, timeout_s: float = 10.0):
+        self.hosts = hosts
+        self.timeout_s = timeout_s
+        self.rounds: list[list[Reply]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _ask(self, host, out: list[Reply]) -> None:
+        body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}
+        req = urllib.request.Request(
+            f"http://{host.address}:8000/v1/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+        )
+        t = time.monotonic()
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                ok = resp.status == 200 and bool(json.loads(resp.read())["choices"])
+                out.append(Reply(host.name, t, ok, str(resp.status)))
+        except (OSError, ValueError) as exc:
+            out.append(Reply(host.name, t, False, type(exc).__name__))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            replies: list[Reply] = []
+            threads = [threading.Thread(target=self._ask, args=(h, replies)) for h in self.hosts]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            self.rounds.append(replies)
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> Clients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def failures_per_round(self) -> list[int]:
+        return [sum(not r.ok for r in rnd) for rnd in self.rounds]
+
+    def failed_hosts(self) -> set[str]:
+        return {r.host for rnd in self.rounds for r in rnd if not r.ok}
+
+
+class Fleet:
+    def __init__(self, hosts, hub, tmp):
+        self.hosts = hosts
+        self.hub = hub
+        self.tmp = tmp
+        self.outputs: list[str] = []
+
+    def play(self, playbook: str, *args: str, revision: str | None = None, serial=None):
+        extra: dict = {}
+        if revision is not None:
+            extra["vllm_models"] = [tiny(revision)]
+        if serial is not None:
+            extra["vllm_rollout_serial"] = serial
+        summary = self.tmp / f"summary-{len(self.outputs)}.json"
+        env = {
+            "VLLM_FLEET_HUB_PORT": self.hub.url.rsplit(":", 1)[1],
+            "VLLM_FLEET_API_KEY": API_KEY,
+            "VLLM_FLEET_SUMMARY_JSON": str(summary),
+        }
+        args = ("-e", json.dumps(extra), *args) if extra else args
+        started = time.monotonic()
+        result = ansible_run.playbook("-i", "inventories/local", playbook, *args, env=env, timeout=1800)
+        result.seconds = time.monotonic() - started
+        self.outputs.append(result.output)
+        assert API_KEY not in result.output, "the API key leaked into ansible's output"
+        result.summary = json.loads(summary.read_text()) if summary.is_file() else None
+        table = result.output[result.output.find("VLLM-FLEET ROLLOUT SUMMARY") :].split("\n\n", 1)[0]
+        print(f"\n[rollout] {playbook} {' '.join(args)}\n{table}")
+        return result
+
+
+def unit_state(host) -> dict[str, str]:
+    show = "systemctl show -p ActiveEnterTimestamp -p MainPID -p ActiveState vllm-tiny"
+    out = testhosts.ssh(host, f"sha256sum {UNIT} | cut -d' ' -f1; {show}").stdout.split("\n")
+    return {"unit_sha256": out[0], **dict(line.split("=", 1) for line in out[1:] if "=" in line)}
+
+
+def served_revision(host) -> str:
+    """The revision directory in the unit's ExecStart."""
+    line = testhosts.ssh(host, f"grep ^ExecStart= {UNIT}").stdout
+    return line.split(f"{TINY}/", 1)[1].split('"', 1)[0].split(" ", 1)[0]
+
+
+def rows_by_host(result) -> dict[str, dict]:
+    assert result.summary is not None, result.output[-3000:]
+    return {row["host"]: row for row in result.summary["rows"]}
+
+
+@pytest.fixture(scope="module")
+def fleet(host_tooling, tmp_path_factory):
+    hosts = testhosts.create(3)
+    root = tmp_path_factory.mktemp("rollout-hub")
+    publish_tiny_model(root, f"{TINY}@v1")
+    publish_tiny_model(root, f"{TINY}@v2", seed=1)  # a good change: other weights, same shapes
+    publish_tiny_model(root, f"{TINY}@v3-newline", variant="newline")  # a bad change: only newlines
+    try:
+        with StandInHub(root, host=hosts[0].controller_address, port=0) as hub:
+            yield Fleet(hosts, hub, tmp_path_factory.mktemp("rollout-runs"))
+    finally:
+        if os.environ.get("VLLM_FLEET_KEEP_HOSTS") != "1" or os.environ.get("VLLM_FLEET_REQUIRE_HOSTS") == "1":
+            testhosts.destroy([h.name for h in hosts])
+
+
+@pytest.fixture(scope="module")
+def converged(fleet):
+    result = fleet.play("site.yml", revision="v1", serial=["100%"])
+    assert result.returncode == 0, result.output[-6000:]
+    print(f"\n[rollout] v1 on 3 hosts at once: {result.seconds:.0f} s")
+    return result
+
+
+def test_first_deployment_is_kept_as_the_last_good_state(fleet, converged):
+    rows = rows_by_host(converged)
+    assert set(rows) == {h.name for h in fleet.hosts}
+    for host in fleet.hosts:
+        assert rows[host.name]["result"] == "updated"
+        assert rows[host.name]["changes"][0].startswith("first good state: vllm 0.32.0, vllm-fleet/tiny-qwen2@v1")
+        assert rows[host.name]["latency_s"] > 0
+        perms = testhosts.ssh(host, f"stat -c '%a %n' {STATE}/.. {STATE}/current/env {STATE}/current/unit").stdout
+        assert perms.split() == ["700", f"{STATE}/..", "600", f"{STATE}/current/env", "600", f"{STATE}/current/unit"]
+        record = json.loads(testhosts.ssh(host, f"cat {STATE}/current/record.json").stdout)
+        assert record["model"]["revision"] == "v1" and record["env_dir"].endswith("vllm-0.32.0-cpu")
+    assert "VLLM-FLEET ROLLOUT SUMMARY" in converged.output
+
+
+def test_a_good_change_rolls_through_in_batches_while_clients_are_served(fleet, converged):
+    before = {h.name: unit_state(h) for h in fleet.hosts}
+    with Clients(fleet.hosts) as clients:
+        time.sleep(3)  # a few rounds before the change: everyone answers
+        result = fleet.play("site.yml", revision="v2")
+        time.sleep(3)
+    assert result.returncode == 0, result.output[-6000:]
+    per_round = clients.failures_per_round()
+    print(
+        f"\n[rollout] v1 -> v2, batches of one: {result.seconds:.0f} s; {len(per_round)} rounds of 3 requests, "
+        f"rounds with 0/1/2+ hosts failing: {per_round.count(0)}/{per_round.count(1)}/"
+        f"{sum(1 for n in per_round if n >= 2)}; hosts seen down: {sorted(clients.failed_hosts())}"
+    )
+    # Three batches of one host each ([1, "25%", "100%"] of 3 hosts).
+    assert result.output.count(PLAY) == 3, result.output[-3000:]
+    # At every moment all but one batch (one host) answered.
+    assert max(per_round) <= 1, [[(r.host, r.ok, r.detail) for r in rnd] for rnd in clients.rounds if len(rnd) > 1]
+    assert per_round[0] == 0 and per_round[-1] == 0
+    # The client really saw each host restart (it was down for a while, one at a time).
+    assert clients.failed_hosts() == {h.name for h in fleet.hosts}
+    starts = [unit_state(h)["ActiveEnterTimestamp"] for h in fleet.hosts]
+    assert all(starts[i] != before[h.name]["ActiveEnterTimestamp"] for i, h in enumerate(fleet.hosts))
+    rows = rows_by_host(result)
+    for host in fleet.hosts:
+        assert served_revision(host) == "v2"
+        assert rows[host.name]["result"] == "updated" and rows[host.name]["changes"] == ["revision v1 -> v2"]
+        # The good state before is kept, and so are its weights (pruning keeps what a state needs).
+        previous = json.loads(testhosts.ssh(host, f"cat {STATE}/previous/record.json").stdout)
+        assert previous["model"]["revision"] == "v1"
+        testhosts.ssh(host, f"test -f /var/lib/vllm-fleet/models/{TINY}/v1/.vllm-fleet-manifest.json")
+
+
+def test_a_bad_change_stops_at_the_canary_which_is_rolled_back(fleet, converged):
+    canary, *others = fleet.hosts
+    before = {h.name: unit_state(h) for h in others}
+    result = fleet.play("site.yml", revision="v3-newline")
+    print(f"\n[rollout] bad change (newline-only model) stopped at the canary after {result.seconds:.0f} s")
+    assert result.returncode != 0
+    assert result.output.count(PLAY) == 1, "a batch after the canary started"
+    assert "the answer is only newlines" in result.output
+    rows = rows_by_host(result)
+    assert rows[canary.name]["result"] == "rolled back", rows
+    assert rows[canary.name]["changes"][0] == "back to vllm-fleet/tiny-qwen2@v2, vllm 0.32.0"
+    assert "the answer is only newlines" in rows[canary.name]["changes"][1]
+    assert rows[canary.name]["latency_s"] > 0
+    assert result.summary["not_reached"] == [h.name for h in others]
+    # The canary answers again, with the previous revision.
+    assert served_revision(canary) == "v2"
+    status, text = complete(canary)
+    assert status == 200 and text.strip(), text
+    # The other hosts were never touched.
+    assert {h.name: unit_state(h) for h in others} == before
+    for host in others:
+        assert served_revision(host) == "v2"
+
+
+def test_rollback_playbook_goes_one_step_back_without_downloads(fleet, converged):
+    canary = fleet.hosts[0]
+    fleet.hub.clear_log()
+    result = fleet.play("playbooks/rollback.yml", "-l", canary.name)
+    print(f"\n[rollout] rollback.yml on {canary.name} (v2 -> v1): {result.seconds:.0f} s, hub requests: "
+          f"{len(fleet.hub.requests)}")  # fmt: skip
+    assert result.returncode == 0, result.output[-6000:]
+    assert fleet.hub.requests == []
+    assert served_revision(canary) == "v1"
+    status, text = complete(canary)
+    assert status == 200 and text.strip(), text
+    rows = rows_by_host(result)
+    assert rows[canary.name]["result"] == "rolled back"
+    assert rows[canary.name]["changes"] == ["back to vllm-fleet/tiny-qwen2@v1, vllm 0.32.0"]
+    # What was put back is now the last good state; the state left is the one before it.
+    current = json.loads(testhosts.ssh(canary, f"cat {STATE}/current/record.json").stdout)
+    previous = json.loads(testhosts.ssh(canary, f"cat {STATE}/previous/record.json").stdout)
+    assert (current["model"]["revision"], previous["model"]["revision"]) == ("v1", "v2")
+
+
+def complete(host) -> tuple[int, str]:
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 8, "temperature": 0}
+    req = urllib.request.Request(
+        f"http://{host.address}:8000/v1/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())["choices"][0]["text"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
