@@ -90,7 +90,7 @@ class Clients:
             for th in threads:
                 th.join()
             self.rounds.append(replies)
-            self._stop.wait(0.5)
+            self._stop.wait(1.0)  # a round a second: each request is real CPU work for 2 cores
 
     def __enter__(self) -> Clients:
         self._thread.start()

@@ -111,3 +111,10 @@ def test_summary_table_lists_every_host_and_the_ones_not_reached():
     assert table[0].split() == ["host", "model", "result", "what", "changed", "chat", "latency"]
     assert table[1].split()[:4] == ["vf1", "tiny", "rolled", "back"] and table[1].endswith("0.50 s")
     assert [line.split()[0] for line in table[2:]] == ["vf2", "vf3"] and "not reached" in table[2]
+
+
+def test_summary_cells_are_one_line_and_bounded():
+    long = "probe failed:\n- /v1/completions: the answer is only newlines " + "x" * 300
+    rows = [{"host": "vf1", "model": "tiny", "result": "rolled back", "changes": ["back to o/m@v2", long]}]
+    line = rollout.summary_table(rows, []).splitlines()[1]
+    assert "\n" not in line and line.count("...") == 1 and len(line) < 220

@@ -120,6 +120,13 @@ def prune_choice(children: list[tuple[str, float]], keep: int, protect: set[str]
 
 
 SUMMARY_COLUMNS = ("host", "model", "result", "what changed", "chat latency")
+CELL_CHARS = 140  # the JSON summary keeps the whole text
+
+
+def _cell(text: str) -> str:
+    """One line, at most CELL_CHARS: a failure message can hold a multi-line probe report."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= CELL_CHARS else flat[: CELL_CHARS - 3] + "..."
 
 
 def summary_table(rows: list[dict], not_reached: list[str]) -> str:
@@ -132,7 +139,7 @@ def summary_table(rows: list[dict], not_reached: list[str]) -> str:
                 row.get("host", "?"),
                 row.get("model", "?"),
                 row.get("result", "?"),
-                "; ".join(row.get("changes") or ["unchanged"]),
+                _cell("; ".join(row.get("changes") or ["unchanged"])),
                 f"{latency:.2f} s" if isinstance(latency, (int, float)) else "-",
             )
         )
