@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SCENARIOS = ["vllm_runtime", "model_weights", "vllm_service", "vllm_probe"]
+SCENARIOS = ["vllm_runtime", "model_weights", "vllm_service", "vllm_probe", "vllm_rollout"]
 TIMEOUT_S = 1800
 
 
