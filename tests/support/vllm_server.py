@@ -171,7 +171,9 @@ def vllm_server(
         "--served-model-name", SERVED_NAME,
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager",
-        *(["--api-key", api_key] if api_key is not None else []),
+        # One argument: a random key may start with "-" (token_urlsafe), which argparse would take
+        # for an option ("--api-key: expected at least one argument"; it failed CI twice).
+        *([f"--api-key={api_key}"] if api_key is not None else []),
         *extra_args,
     ]  # fmt: skip
     log = work / "vllm.log"
