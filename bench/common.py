@@ -32,6 +32,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # tests.hosts, tests.support
 
 from tests.hosts import testhosts  # noqa: E402
+from tests.integration import ansible_run  # noqa: E402
+from tests.integration.ansible_run import AnsibleResult  # noqa: E402
 from tests.support.hub import StandInHub, publish_tiny_model  # noqa: E402
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -272,19 +274,11 @@ def hub_for(fleet: Fleet, tiny: bool = True) -> Iterator[StandInHub]:
 
 
 @dataclass
-class Timed:
-    returncode: int
-    output: str
-    wall_s: float
-    profile: dict
+class Timed(AnsibleResult):
+    """An ansible run (recap() and changed() from the tests' AnsibleResult) with its wall time and profile."""
 
-    def recap(self) -> dict[str, dict[str, int]]:
-        from tests.integration.ansible_run import AnsibleResult
-
-        return AnsibleResult(self.returncode, self.output).recap()
-
-    def changed(self) -> dict[str, int]:
-        return {host: counts["changed"] for host, counts in self.recap().items()}
+    wall_s: float = 0.0
+    profile: dict = field(default_factory=dict)
 
     def check(self, what: str) -> Timed:
         if self.returncode != 0:
@@ -305,7 +299,8 @@ class Ansible:
             ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_FORCE_COLOR="0",
-            ANSIBLE_CALLBACK_PLUGINS=str(callbacks),
+            # Beside the project's own callbacks (the rollout summary), not instead of them.
+            ANSIBLE_CALLBACK_PLUGINS=f"{callbacks}:{REPO_ROOT / 'plugins' / 'callback'}",
             PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}",
             # One key for every process of a run: a deployed fleet's units hold it (run_all.py sets it
             # for the benchmarks that share its fleet; another key would change their secrets).
@@ -328,20 +323,12 @@ class Ansible:
         out = self.work / f"profile-{self._runs}.json"
         run_env = dict(self.env, **(env or {}))
         if profile:
-            run_env.update(ANSIBLE_CALLBACKS_ENABLED="bench_profile", BENCH_PROFILE_OUT=str(out))
+            run_env.update(ANSIBLE_CALLBACKS_ENABLED="vllm_fleet_summary,bench_profile", BENCH_PROFILE_OUT=str(out))
         started = time.monotonic()
-        proc = subprocess.run(
-            [str(VENV_BIN / tool), *args],
-            cwd=REPO_ROOT,
-            env=run_env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-        )
+        result = ansible_run.run(tool, *args, env=run_env, timeout=timeout)
         wall = time.monotonic() - started
         data = json.loads(out.read_text()) if profile and out.is_file() else {}
-        return Timed(proc.returncode, proc.stdout, wall, data)
+        return Timed(result.returncode, result.output, wall, data)
 
     def playbook(self, *args: str, **kwargs) -> Timed:
         return self.run("ansible-playbook", *args, **kwargs)

@@ -264,10 +264,9 @@ def main() -> None:
     p = module.params
     state_dir = Path(p["state_dir"])
     if p["action"] == "read":
-        records = read_all(state_dir)
-        if p["name"]:
-            records = {k: v for k, v in records.items() if k == p["name"]}
-        module.exit_json(changed=False, records=records, in_use=in_use(read_all(state_dir)))
+        everything = read_all(state_dir)
+        records = {k: v for k, v in everything.items() if k == p["name"]} if p["name"] else everything
+        module.exit_json(changed=False, records=records, in_use=in_use(everything))
     action = save if p["action"] == "save" else restore
     result = action(module, state_dir, p["name"], Path(p["unit_path"]), Path(p["env_path"]))
     module.exit_json(**result, in_use=in_use(read_all(state_dir)))
