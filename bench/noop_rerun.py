@@ -9,7 +9,8 @@ systemd). Then, for 1, 2 and 3 of them (`-l`), alternating: `ansible -m ansible.
 changed=0 on every host (a change is reported, not hidden). Wall times are of the whole CLI
 process (start-up included); medians.
 The per-task profile (profile_tasks' figures, from bench/profile_callback.py) of the runs on all
-hosts says what dominates. Goal: <= 3x ping, changed=0.
+hosts says what dominates. Goal: <= 3x ping, changed=0. A last pair per repetition runs the same
+re-run on all hosts with the fast path off (-e vllm_rollout_fast_path=false): what it saves.
 """
 
 from __future__ import annotations
@@ -81,6 +82,33 @@ def main() -> int:
                 )
             )
         top = args.max_hosts
+        # What the fast path saves: the same re-run through every role (vllm_rollout_fast_path=false),
+        # against ping in the same pairs. For the record only (the goal is the default run above).
+        full_s, full_ping_s, full_changes = [], [], []
+        limit = ",".join(fleet.names[:top])
+        for rep in range(args.reps):
+            ping = ansible.run("ansible", "-i", inventory, limit, "-m", "ansible.builtin.ping", profile=False)
+            full_ping_s.append(ping.check("ansible -m ping").wall_s)
+            full = ansible.playbook(
+                "-i", inventory, "-l", limit, "site.yml", "-e", "vllm_rollout_fast_path=false", env=env
+            ).check("site.yml full re-run")
+            full_changes += [f"{h}: {c}" for h, c in full.changed().items() if c]
+            full_s.append(full.wall_s)
+            log(f"{top} host(s), full path, rep {rep + 1}: ping {ping.wall_s:.2f} s, site.yml {full.wall_s:.2f} s")
+        rows.append(
+            Row(
+                "noop",
+                f"the same, {top} host(s), full path forced (-e vllm_rollout_fast_path=false)",
+                f"{median(full_s):.2f} s, changed={len(full_changes)}",
+                f"ping {median(full_ping_s):.2f} s",
+                median(full_s) / median(full_ping_s),
+                "-",
+                None,
+                note="what the fast path saves; "
+                + ("changed=0" if not full_changes else "CHANGED: " + "; ".join(full_changes)),
+                runs={"site_s": full_s, "ping_s": full_ping_s, "changed": full_changes},
+            )
+        )
         tasks = print_profile(f"no-op site.yml on {top} host(s): slowest tasks", profiles_by_n[top], 12)
         roles = by_role(profiles_by_n[top])
         print(f"by role / play (median seconds, {top} hosts):")

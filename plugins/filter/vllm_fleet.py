@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
 
@@ -13,7 +15,7 @@ _MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 if _MODULE_UTILS not in sys.path:
     sys.path.insert(0, _MODULE_UTILS)
 
-from vllm_fleet import inventory, rollout, systemd  # noqa: E402
+from vllm_fleet import converged, inventory, rollout, systemd  # noqa: E402
 
 
 def vllm_models_normalized(items):
@@ -65,6 +67,44 @@ def vllm_rollout_rows_restored(restores, latencies, host, failure="", answered=F
     )
 
 
+def vllm_rollout_rows_converged(models, host):
+    """Rollout summary rows of a host the fast path found unchanged."""
+    try:
+        return rollout.rows_converged(inventory.normalize_models(models), str(host))
+    except inventory.InventoryError as e:
+        raise AnsibleFilterError(str(e)) from e
+
+
+def vllm_fleet_input_names(names):
+    """The variable names that are inputs of a host's state (converged.is_input_name)."""
+    return sorted(n for n in names if converged.is_input_name(str(n)))
+
+
+@functools.lru_cache(maxsize=4)
+def _code_digest(root: str) -> str:
+    # Once per run: the code does not change while a playbook runs.
+    return converged.code_digest(Path(root))
+
+
+def vllm_fleet_inputs_digest(variables, code_root):
+    """sha256 of a host's input variables and of the code under code_root (the project root)."""
+    root = Path(str(code_root)).resolve()
+    if not (root / "roles").is_dir():
+        raise AnsibleFilterError(f"{root} is not the vllm-fleet project root (no roles/ directory)")
+    return converged.inputs_digest(dict(variables or {}), _code_digest(str(root)))
+
+
+def vllm_rollout_converged_state(deployed, models, unit_dir, env_dir, state_dir, bind_address):
+    """The vllm_converged save arguments for what this run left (converged.deployed_state)."""
+    try:
+        normalized = inventory.normalize_models(models)
+    except inventory.InventoryError as e:
+        raise AnsibleFilterError(str(e)) from e
+    return converged.deployed_state(
+        dict(deployed or {}), normalized, str(unit_dir), str(env_dir), str(state_dir), str(bind_address)
+    )
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -76,4 +116,8 @@ class FilterModule:
             "systemd_environment": systemd_environment,
             "vllm_rollout_rows_passed": vllm_rollout_rows_passed,
             "vllm_rollout_rows_restored": vllm_rollout_rows_restored,
+            "vllm_rollout_rows_converged": vllm_rollout_rows_converged,
+            "vllm_rollout_converged_state": vllm_rollout_converged_state,
+            "vllm_fleet_input_names": vllm_fleet_input_names,
+            "vllm_fleet_inputs_digest": vllm_fleet_inputs_digest,
         }

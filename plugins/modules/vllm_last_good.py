@@ -19,7 +19,7 @@ DOCUMENTATION = r"""
 module: vllm_last_good
 short_description: Keep and restore the last good systemd unit and secrets file of a vLLM model
 description:
-  - Per host and model, two good states are kept under O(state_dir)/<name>/: C(current), the
+  - Per host and model, two good states are kept under O(state_dir)/<name>/ - C(current), the
     last deployment that passed its probe, and C(previous), the good one before it. Each is a copy
     of the unit file, the secrets (environment) file and a C(record.json) naming the vLLM
     environment and the weights revision the unit runs, which are kept on the host (not deleted on
@@ -27,7 +27,7 @@ description:
   - C(action=save) keeps the installed unit and secrets file as C(current) (the old C(current)
     becomes C(previous)); saving the same deployment again changes nothing.
   - C(action=restore) copies a good state's unit and secrets file back in place. It does not
-    restart anything: the caller reloads systemd and restarts the unit when C(changed).
+    restart anything; the caller reloads systemd and restarts the unit when C(changed).
   - C(action=read) returns the kept records.
   - The secrets file is copied on the host and never read into the module's result; the state
     directory is C(0700) root and its files C(0600).

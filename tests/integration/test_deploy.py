@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import urllib.error
 import urllib.request
@@ -124,10 +125,51 @@ def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deploye
         assert request(host, "/v1/completions", {"model": "tiny", "prompt": "hi"}, api_key=None)[0] == 401
 
 
+FULL_RUN_TASK = "TASK [vllm_runtime : "
+
+
 def test_a_second_run_changes_nothing(fleet, deployed):
+    before = {h.name: unit_state(h) for h in fleet.hosts}
     again = fleet.play()
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed() == {h.name: 0 for h in fleet.hosts}, again.output[-4000:]
+    # The fast path: every host is as its last full run left it, so no role ran and nothing restarted.
+    assert FULL_RUN_TASK not in again.output, again.output[-4000:]
+    assert "skipping: no hosts matched" in again.output
+    for host in fleet.hosts:
+        assert re.search(rf"{host.name}\s+tiny\s+unchanged\s+as the last full run left it", again.output), again.output
+    assert {h.name: unit_state(h) for h in fleet.hosts} == before
+    # The full run, forced, changes nothing either: the fast path hides no change.
+    full = fleet.play("site.yml", "-e", "vllm_rollout_fast_path=false")
+    assert full.returncode == 0, full.output[-4000:]
+    assert FULL_RUN_TASK in full.output and full.output.count('"chat: ') == len(fleet.hosts)
+    assert full.changed() == {h.name: 0 for h in fleet.hosts}, full.output[-4000:]
+    assert {h.name: unit_state(h) for h in fleet.hosts} == before
+
+
+def test_drift_on_a_host_sends_only_that_host_through_the_full_run(fleet, deployed):
+    drifted, untouched = fleet.hosts
+    before = unit_state(untouched)
+    testhosts.ssh(drifted, "systemctl stop vllm-tiny.service && chmod 0644 /etc/vllm-fleet/tiny.env")
+    result = fleet.play()
+    assert result.returncode == 0, result.output[-4000:]
+    assert "vllm-tiny.service is inactive, not active" in result.output, result.output[-6000:]
+    assert "/etc/vllm-fleet/tiny.env has another mode or owner" in result.output
+    assert result.changed()[drifted.name] > 0 and result.changed()[untouched.name] == 0
+    assert unit_state(drifted)["ActiveState"] == "active"
+    assert testhosts.ssh(drifted, "stat -c %a /etc/vllm-fleet/tiny.env").stdout.strip() == "600"
+    assert unit_state(untouched) == before
+    # Repaired, the host takes the fast path again.
+    again = fleet.play()
+    assert again.returncode == 0 and FULL_RUN_TASK not in again.output, again.output[-4000:]
+    assert again.changed() == {h.name: 0 for h in fleet.hosts}
+
+
+def test_a_changed_input_is_a_full_run_on_every_host(fleet, deployed):
+    result = fleet.play("site.yml", "-e", "vllm_probe_max_tokens=9")
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.output.count("the inputs changed") == len(fleet.hosts), result.output[-4000:]
+    assert result.output.count('"chat: ') == len(fleet.hosts)
 
 
 def test_check_diff_of_a_changed_flag_shows_the_unit_diff_and_changes_nothing(fleet, deployed):

@@ -8,7 +8,9 @@
 3. a bad change (a revision whose model answers only newlines) stops at the canary: host 1 is
    put back to v2 and answers again; hosts 2 and 3 were never touched (unit checksums and
    service start times unchanged);
-4. rollback.yml puts host 1 one step back (v2 -> v1) with no request to the hub.
+4. rollback.yml puts host 1 one step back (v2 -> v1) with no request to the hub;
+5. site.yml with v2 again: hosts 2 and 3 take the fast path (nothing runs on them), host 1 alone
+   is deployed.
 Figures (round counts, durations) are printed for the closing note and docs/rollout.md.
 """
 
@@ -35,6 +37,7 @@ API_KEY = "vf-rollout-" + os.urandom(8).hex()
 UNIT = "/etc/systemd/system/vllm-tiny.service"
 STATE = "/var/lib/vllm-fleet/last-good/tiny"
 PLAY = "PLAY [Deploy and prove the models, batch by batch]"
+CONVERGED = "/var/lib/vllm-fleet/converged.json"
 
 
 def tiny(revision: str) -> dict:
@@ -246,6 +249,9 @@ def test_a_bad_change_stops_at_the_canary_which_is_rolled_back(fleet, converged)
     assert {h.name: unit_state(h) for h in others} == before
     for host in others:
         assert served_revision(host) == "v2"
+    # The canary's record of its last full run is gone (that run failed): its next run is a full one.
+    records = {h.name: testhosts.ssh(h, f"test -f {CONVERGED}", check=False).returncode for h in fleet.hosts}
+    assert records == {canary.name: 1, **{h.name: 0 for h in others}}
 
 
 def test_rollback_playbook_goes_one_step_back_without_downloads(fleet, converged):
@@ -266,6 +272,26 @@ def test_rollback_playbook_goes_one_step_back_without_downloads(fleet, converged
     current = json.loads(testhosts.ssh(canary, f"cat {STATE}/current/record.json").stdout)
     previous = json.loads(testhosts.ssh(canary, f"cat {STATE}/previous/record.json").stdout)
     assert (current["model"]["revision"], previous["model"]["revision"]) == ("v1", "v2")
+
+
+def test_back_to_v2_only_the_rolled_back_host_runs_the_roles(fleet, converged):
+    # Hosts 2 and 3 are as their last full run (v2) left them: the fast path skips them. The canary,
+    # rolled back to v1 and without a record, is the only batch.
+    canary, *others = fleet.hosts
+    before = {h.name: unit_state(h) for h in others}
+    result = fleet.play("site.yml", revision="v2")
+    print(f"\n[rollout] site.yml back to v2: {result.seconds:.0f} s")
+    assert result.returncode == 0, result.output[-6000:]
+    assert result.output.count(PLAY) == 1, "more than the canary's batch ran"
+    rows = rows_by_host(result)
+    assert rows[canary.name]["result"] == "updated" and rows[canary.name]["latency_s"] > 0, rows
+    for host in others:
+        assert rows[host.name]["result"] == "unchanged", rows
+        assert rows[host.name]["changes"][0].startswith("as the last full run left it"), rows
+    changed = result.changed()
+    assert changed[canary.name] > 0 and all(changed[h.name] == 0 for h in others), changed
+    assert {h.name: unit_state(h) for h in others} == before
+    assert served_revision(canary) == "v2"
 
 
 def complete(host) -> tuple[int, str]:

@@ -118,3 +118,11 @@ def test_summary_cells_are_one_line_and_bounded():
     rows = [{"host": "vf1", "model": "tiny", "result": "rolled back", "changes": ["back to o/m@v2", long]}]
     line = rollout.summary_table(rows, []).splitlines()[1]
     assert "\n" not in line and line.count("...") == 1 and len(line) < 220
+
+
+def test_rows_of_a_host_the_fast_path_skipped():
+    rows = rollout.rows_converged([{"name": "a"}, {"name": "b", "state": "absent"}], "h1")
+    assert rows == [
+        {"host": "h1", "model": "a", "result": "unchanged", "changes": [rollout.FAST_PATH_NOTE], "latency_s": None}
+    ]
+    assert "as the last full run left it" in rollout.summary_table(rows, [])

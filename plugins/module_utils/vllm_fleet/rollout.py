@@ -217,3 +217,23 @@ def rows_from_restores(
             }
         )
     return rows
+
+
+FAST_PATH_NOTE = "as the last full run left it (fast path: /health answered, no chat request)"
+
+
+def rows_converged(models: list[dict], host: str) -> list[dict]:
+    """Summary rows of a host the fast path skipped (vllm_converged check: nothing differs).
+
+    Its models answered /health on the host; no chat request was made, so no latency."""
+    return [
+        {
+            "host": host,
+            "model": str(m.get("name", "?")),
+            "result": "unchanged",
+            "changes": [FAST_PATH_NOTE],
+            "latency_s": None,
+        }
+        for m in models
+        if m.get("state", "present") == "present"
+    ]

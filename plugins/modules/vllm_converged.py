@@ -1,0 +1,240 @@
+#!/usr/bin/python
+"""Ansible module: record what a full run left on a host, and check a re-run would change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vllm_fleet.converged import differences, installed_packages, make_record
+
+DOCUMENTATION = r"""
+---
+module: vllm_converged
+short_description: Record a host's converged state after a full run; check it before the next one
+description:
+  - C(action=save), at the end of a full run that passed, writes O(path) (C(0600) root) - the
+    O(digest) of the run's inputs and the state the run left - each of O(files) with its sha256,
+    mode and owner, each of O(dirs) with its mode and owner, the O(absent) paths, the O(units),
+    the Debian O(packages), the O(weights) manifests and the O(health_urls). Saving the same
+    record again changes nothing.
+  - C(action=check) compares the host with that record in one call, reading only small files,
+    C(systemctl show), dpkg's status file and each health URL. It returns C(converged=true) when
+    the digest is the same and nothing drifted, else C(converged=false) and the C(reasons). It
+    never changes anything and never fails on a difference.
+  - The digest covers the inputs, not the hub. Like a full run (the modelscope_download module with
+    C(verify=fast)), a check trusts the weights manifest and does not ask the hub again.
+  - Supports check mode (C(action=save) reports whether the record would change).
+options:
+  action:
+    description: Record the state (C(save)) or compare the host with the record (C(check)).
+    type: str
+    choices: [save, check]
+    required: true
+  digest:
+    description: The digest of the run's inputs (the C(vllm_fleet_inputs_digest) filter).
+    type: str
+    required: true
+  path:
+    description: Where the record is kept on the host.
+    type: path
+    default: /var/lib/vllm-fleet/converged.json
+  files:
+    description: With C(action=save), files the run wrote (units, secrets files, install records).
+    type: list
+    elements: path
+    default: []
+  dirs:
+    description: With C(action=save), directories the run made, with their mode and owner.
+    type: list
+    elements: path
+    default: []
+  absent:
+    description: With C(action=save), paths the run removed (units of models now absent).
+    type: list
+    elements: path
+    default: []
+  units:
+    description: With C(action=save), systemd units that must be enabled and active.
+    type: list
+    elements: str
+    default: []
+  packages:
+    description: With C(action=save), Debian packages that must be installed.
+    type: list
+    elements: str
+    default: []
+  weights:
+    description: With C(action=save), weights directories whose manifest must still hold (C(dir), C(repo), C(revision)).
+    type: list
+    elements: dict
+    default: []
+  health_urls:
+    description: With C(action=save), URLs that must answer 200 (each model's /health on the host).
+    type: list
+    elements: str
+    default: []
+  health_timeout:
+    description: Seconds each health URL has to answer in C(action=check).
+    type: float
+    default: 3
+author: vllm-fleet
+"""
+
+EXAMPLES = r"""
+- name: Ask whether this host is as the last full run left it
+  vllm_converged:
+    action: check
+    digest: "{{ vllm_rollout_digest }}"
+  register: vllm_rollout_converged
+
+- name: Record what this full run left on the host
+  vllm_converged:
+    action: save
+    digest: "{{ vllm_rollout_digest }}"
+    files: [/etc/systemd/system/vllm-qwen-7b.service, /etc/vllm-fleet/qwen-7b.env]
+    units: [vllm-qwen-7b.service]
+    health_urls: ["http://127.0.0.1:8000/health"]
+"""
+
+RETURN = r"""
+converged:
+  description: With C(action=check), whether a full run would change nothing on this host.
+  returned: action=check
+  type: bool
+reasons:
+  description: With C(action=check), what differs (empty when converged).
+  returned: action=check
+  type: list
+  elements: str
+record:
+  description:
+    - With C(action=save), the record written (or that would be, in check mode; empty in check mode
+      when what it names does not exist yet).
+  returned: action=save
+  type: dict
+"""
+
+DPKG_STATUS = "/var/lib/dpkg/status"
+
+
+def read_record(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def installed_packages_on_host() -> set[str]:
+    try:
+        with open(DPKG_STATUS, encoding="utf-8", errors="replace") as fh:
+            return installed_packages(fh.read())
+    except OSError:
+        return set()
+
+
+def unit_states(module: AnsibleModule, units: list[str]) -> dict[str, dict]:
+    if not units:
+        return {}
+    systemctl = module.get_bin_path("systemctl", required=True)
+    props = "ActiveState,UnitFileState,NeedDaemonReload"
+    rc, out, err = module.run_command([systemctl, "show", "-p", props, "--", *units])
+    if rc != 0:
+        return {u: {"ActiveState": f"unknown (systemctl: {err.strip()})"} for u in units}
+    # One block of KEY=value lines per unit, in the order asked, separated by a blank line.
+    blocks = out.strip().split("\n\n")
+    states = {}
+    for unit, block in zip(units, blocks, strict=False):
+        states[unit] = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+    return states
+
+
+def health(urls: list[str], timeout: float) -> dict[str, str | None]:
+    # The URLs are the host's own models: never through a proxy the environment may name.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    answers = {}
+    for url in urls:
+        try:
+            with opener.open(url, timeout=timeout) as resp:
+                answers[url] = None if resp.status == 200 else f"HTTP {resp.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            answers[url] = str(getattr(exc, "reason", exc))
+    return answers
+
+
+def write_record(path: str, record: dict) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".converged-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "action": {"type": "str", "choices": ["save", "check"], "required": True},
+            "digest": {"type": "str", "required": True},
+            "path": {"type": "path", "default": "/var/lib/vllm-fleet/converged.json"},
+            "files": {"type": "list", "elements": "path", "default": []},
+            "dirs": {"type": "list", "elements": "path", "default": []},
+            "absent": {"type": "list", "elements": "path", "default": []},
+            "units": {"type": "list", "elements": "str", "default": []},
+            "packages": {"type": "list", "elements": "str", "default": []},
+            "weights": {"type": "list", "elements": "dict", "default": []},
+            "health_urls": {"type": "list", "elements": "str", "default": []},
+            "health_timeout": {"type": "float", "default": 3},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    old = read_record(p["path"])
+
+    if p["action"] == "check":
+        record = old or {}
+        reasons = differences(
+            old,
+            p["digest"],
+            installed=installed_packages_on_host() if record.get("packages") else set(),
+            unit_states=unit_states(module, record.get("units", [])),
+            health=health(record.get("health_urls", []), p["health_timeout"]),
+        )
+        module.exit_json(changed=False, converged=not reasons, reasons=reasons)
+
+    try:
+        record = make_record(
+            p["digest"],
+            files=p["files"],
+            dirs=p["dirs"],
+            absent=p["absent"],
+            units=p["units"],
+            packages=p["packages"],
+            weights=p["weights"],
+            health_urls=p["health_urls"],
+        )
+    except ValueError as exc:
+        if module.check_mode:
+            # A --check run on a host the run would build: what it records does not exist yet.
+            module.exit_json(changed=True, record={}, msg=f"would record the run's state ({exc})")
+        module.fail_json(msg=str(exc))
+    changed = record != old
+    if changed and not module.check_mode:
+        write_record(p["path"], record)
+    module.exit_json(changed=changed, record=record)
+
+
+if __name__ == "__main__":
+    main()
