@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
 
@@ -75,25 +73,6 @@ def vllm_rollout_rows_converged(models, host):
         raise AnsibleFilterError(str(e)) from e
 
 
-def vllm_fleet_input_names(names):
-    """The variable names that are inputs of a host's state (converged.is_input_name)."""
-    return sorted(n for n in names if converged.is_input_name(str(n)))
-
-
-@functools.lru_cache(maxsize=4)
-def _code_digest(root: str) -> str:
-    # Once per run: the code does not change while a playbook runs.
-    return converged.code_digest(Path(root))
-
-
-def vllm_fleet_inputs_digest(variables, code_root):
-    """sha256 of a host's input variables and of the code under code_root (the project root)."""
-    root = Path(str(code_root)).resolve()
-    if not (root / "roles").is_dir():
-        raise AnsibleFilterError(f"{root} is not the vllm-fleet project root (no roles/ directory)")
-    return converged.inputs_digest(dict(variables or {}), _code_digest(str(root)))
-
-
 def vllm_rollout_converged_state(deployed, models, unit_dir, env_dir, state_dir, bind_address):
     """The vllm_converged save arguments for what this run left (converged.deployed_state)."""
     try:
@@ -118,6 +97,4 @@ class FilterModule:
             "vllm_rollout_rows_restored": vllm_rollout_rows_restored,
             "vllm_rollout_rows_converged": vllm_rollout_rows_converged,
             "vllm_rollout_converged_state": vllm_rollout_converged_state,
-            "vllm_fleet_input_names": vllm_fleet_input_names,
-            "vllm_fleet_inputs_digest": vllm_fleet_inputs_digest,
         }

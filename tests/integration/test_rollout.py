@@ -70,18 +70,11 @@ class Clients:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _ask(self, host, out: list[Reply]) -> None:
-        body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}
-        req = urllib.request.Request(
-            f"http://{host.address}:8000/v1/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
-        )
         t = time.monotonic()
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                ok = resp.status == 200 and bool(json.loads(resp.read())["choices"])
-                out.append(Reply(host.name, t, ok, str(resp.status)))
-        except (OSError, ValueError) as exc:
+            status, _ = complete(host, max_tokens=4, timeout_s=self.timeout_s)
+            out.append(Reply(host.name, t, status == 200, str(status)))
+        except (OSError, ValueError, LookupError) as exc:
             out.append(Reply(host.name, t, False, type(exc).__name__))
 
     def _loop(self) -> None:
@@ -294,15 +287,16 @@ def test_back_to_v2_only_the_rolled_back_host_runs_the_roles(fleet, converged):
     assert served_revision(canary) == "v2"
 
 
-def complete(host) -> tuple[int, str]:
-    body = {"model": "tiny", "prompt": "hello", "max_tokens": 8, "temperature": 0}
+def complete(host, max_tokens: int = 8, timeout_s: float = 60) -> tuple[int, str]:
+    """One /v1/completions request: (HTTP status, the text); a refused connection raises OSError."""
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "temperature": 0}
     req = urllib.request.Request(
         f"http://{host.address}:8000/v1/completions",
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return resp.status, json.loads(resp.read())["choices"][0]["text"]
     except urllib.error.HTTPError as exc:
         return exc.code, ""

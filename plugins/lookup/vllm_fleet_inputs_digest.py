@@ -1,0 +1,82 @@
+"""Lookup: the digest of a host's inputs, for deploy.yml's fast path (roles/vllm_rollout)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleError, AnsibleUndefinedVariable
+from ansible.plugins.lookup import LookupBase
+
+# Controller-side plugins do not see ansible.cfg's module_utils as ansible.module_utils.*; import
+# the same package the modules use from the checkout (as plugins/filter/vllm_fleet.py does).
+_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
+if _MODULE_UTILS not in sys.path:
+    sys.path.insert(0, _MODULE_UTILS)
+
+from vllm_fleet import converged  # noqa: E402
+
+DOCUMENTATION = r"""
+name: vllm_fleet_inputs_digest
+short_description: The sha256 of a host's vllm-fleet inputs - its variables and the project's code
+description:
+  - Templates every variable of the host whose name starts with C(vllm_) or C(model_weights_)
+    (less the run-time results and rollout knobs that are not inputs, see
+    plugins/module_utils/vllm_fleet/converged.py), and hashes them with every file of the
+    playbooks, roles, plugins and model configs under the project root given as the term.
+  - Returns an empty string when a variable cannot be worked out yet because it is made from facts
+    that were not gathered, so the caller can gather them and ask again; with O(facts_gathered)
+    true it fails instead, naming the variable.
+options:
+  _terms:
+    description: The project root (the directory that holds roles/).
+    required: true
+  facts_gathered:
+    description: Whether facts were gathered; an undefined value is then an error.
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+- name: Work out the digest of this host's inputs
+  ansible.builtin.set_fact:
+    vllm_rollout_digest: "{{ lookup('vllm_fleet_inputs_digest', role_path ~ '/../..') }}"
+"""
+
+RETURN = r"""
+_raw:
+  description: The sha256 (hex), or an empty string when facts are needed first.
+  type: list
+  elements: str
+"""
+
+PREFIXES = ("vllm_", "model_weights_")
+
+
+@functools.lru_cache(maxsize=4)
+def _code_digest(root: str) -> str:
+    # Once per run: the code does not change while a playbook runs.
+    return converged.code_digest(Path(root))
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        self.set_options(var_options=variables, direct=kwargs)
+        if len(terms) != 1:
+            raise AnsibleError("vllm_fleet_inputs_digest takes one term: the project root")
+        root = Path(str(terms[0])).resolve()
+        if not (root / "roles").is_dir():
+            raise AnsibleError(f"{root} is not the vllm-fleet project root (no roles/ directory)")
+        variables = variables or {}
+        names = sorted(n for n in variables if n.startswith(PREFIXES) and converged.is_input_name(n))
+        values = {}
+        for name in names:
+            try:
+                values[name] = self._templar.template(variables[name])
+            except AnsibleUndefinedVariable as exc:
+                if self.get_option("facts_gathered"):
+                    raise AnsibleError(f"cannot work out {name}: {exc}") from exc
+                return [""]
+        return [converged.inputs_digest(values, _code_digest(str(root)))]
