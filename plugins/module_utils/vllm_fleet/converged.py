@@ -21,7 +21,7 @@ import os
 import stat
 from pathlib import Path
 
-from .weights import manifest_is_complete
+from .weights import manifest_is_complete, sha256_file
 
 RECORD_VERSION = 1
 
@@ -71,17 +71,13 @@ def inputs_digest(variables: dict, code: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _owner_mode(st: os.stat_result) -> dict:
     return {"mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid, "gid": st.st_gid}
 
 
 def describe_file(path: Path) -> dict:
     st = path.stat()
-    return {**_owner_mode(st), "sha256": _sha256(path)}
+    return {**_owner_mode(st), "sha256": sha256_file(path)}
 
 
 def describe_dir(path: Path) -> dict:
