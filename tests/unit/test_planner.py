@@ -138,7 +138,7 @@ def test_a_rule_change_reaches_the_planners_fixes(monkeypatch):
     assert tp_allowed(Q7B, 2) and "tp 2" in plan_memory(Q7B, T4, **RECIPE).problems[0]["fix"]
 
     def refuse_tp2(case):
-        return [{"tp": 2, "inter": case.facts.intermediate_size, "ok": "1"}] if case.tp == 2 else []
+        return [{"tp": 2, "mlp": "mlp", "inter": case.facts.intermediate_size, "ok": "1"}] if case.tp == 2 else []
 
     monkeypatch.setattr(
         rules,

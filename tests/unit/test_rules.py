@@ -9,7 +9,7 @@ from vllm_fleet import rules
 from vllm_fleet.gpus import resolve
 from vllm_fleet.model_facts import ModelFacts, QuantFacts, facts_from_config
 
-from tests.unit.shapes import qwen2_config
+from tests.unit.shapes import qwen2_config, qwen3_moe_config
 
 GPTQ = QuantFacts("gptq", 4, 128, desc_act=False, sym=True)
 AWQ = QuantFacts("awq", 4, 128, zero_point=True)
@@ -25,7 +25,30 @@ class Plan:  # a MemoryPlan stand-in: the memory-fits row reads only fits and pr
         self.fits, self.problems = fits, list(problems)
 
 
-def case(facts=None, gpus=("T4",), flags=None, tp=1, pp=1, dtype="auto", version="0.32.0", memory=None, notes=()):
+def moe(quant=None, **shape) -> ModelFacts:
+    """Qwen3-30B-A3B's shapes (or others), with the given checkpoint quantization."""
+    return replace(facts_from_config(qwen3_moe_config(**shape)), quant=quant)
+
+
+def arch(name: str) -> ModelFacts:
+    return replace(qwen(), architecture=name)
+
+
+FP8_BLOCK = QuantFacts("fp8", 8, -1, weight_block_size=(128, 128))
+
+
+def case(
+    facts=None,
+    gpus=("T4",),
+    flags=None,
+    tp=1,
+    pp=1,
+    dtype="auto",
+    version="0.32.0",
+    memory=None,
+    notes=(),
+    allow_unmodeled=False,
+):
     return rules.Case(
         facts=facts or qwen(),
         gpus=[resolve(g) for g in gpus],
@@ -36,6 +59,7 @@ def case(facts=None, gpus=("T4",), flags=None, tp=1, pp=1, dtype="auto", version
         dtype_requested=dtype,
         memory=memory,
         notes=list(notes),
+        allow_unmodeled=allow_unmodeled,
     )
 
 
@@ -104,6 +128,79 @@ CASES = {
         case(facts=qwen(quant=AWQ), tp=2),
         case(facts=qwen(hidden=4096, inter=11012, quant=QuantFacts("awq", 4, 4)), tp=2),
         "pack factor 8",
+    ),
+    "architecture-supported": (
+        case(facts=arch("Qwen3MoeForCausalLM")),
+        case(facts=arch("MadeUpForCausalLM")),
+        "are not supported for now",
+    ),
+    "architecture-modeled": (
+        case(facts=arch("LlamaForCausalLM"), allow_unmodeled=True),
+        case(facts=arch("LlamaForCausalLM")),
+        "allow_unmodeled: true",
+    ),
+    "architecture-unmodeled-allowed": (
+        case(facts=arch("Qwen2ForCausalLM"), allow_unmodeled=True),
+        case(facts=arch("LlamaForCausalLM"), allow_unmodeled=True),
+        "memory is UNCHECKED",
+    ),
+    "flag-not-modeled": (
+        case(flags={"enforce-eager": True, "served-model-name": ["a"]}),
+        case(flags={"speculative-config": {"method": "ngram"}}),
+        "--speculative-config is not modeled",
+    ),
+    "kv-cache-dtype-supported": (
+        case(gpus=["L4"], flags={"kv-cache-dtype": "fp8"}),
+        case(gpus=["T4"], flags={"kv-cache-dtype": "fp8"}),
+        "native FP8 (fp8e4nv) requires SM89+",
+    ),
+    "kv-cache-dtype-backend-unmodeled": (
+        case(gpus=["T4"], flags={"kv-cache-dtype": "float16"}),
+        case(gpus=["A100-80GB"], flags={"kv-cache-dtype": "fp8"}),
+        "FlashInfer",
+    ),
+    "gpu-capability-floor": (case(gpus=["T4"]), case(gpus=["V100-16GB"]), "compute capability 7.5 or higher"),
+    "quantization-matches-checkpoint": (
+        case(facts=qwen(quant=GPTQ), flags={"quantization": "gptq_marlin"}),
+        case(facts=qwen(), flags={"quantization": "awq"}),
+        "Cannot find the config file for awq",
+    ),
+    "quantization-modeled": (
+        case(facts=qwen(), flags={"quantization": "fp8_per_tensor"}),
+        case(facts=qwen(), flags={"quantization": "mxfp4"}),
+        "--allow-unmodeled",
+    ),
+    "online-quantization-capability": (
+        case(facts=qwen(), flags={"quantization": "fp8"}),
+        case(facts=qwen(), gpus=["V100-16GB"], flags={"quantization": "fp8"}),
+        "7.5",
+    ),
+    # Qwen3-30B-A3B: 128 experts of width 768 (vllm-project/vllm#17604 for AWQ at tp 4).
+    "moe-experts-tp": (case(facts=moe(experts=8), tp=8), case(facts=moe(experts=4), tp=8), "use tp 4 or less"),
+    "moe-wna16-group": (
+        case(facts=moe(AWQ), tp=4),
+        case(facts=moe(AWQ, moe_inter=1400), tp=2),
+        "--enable-expert-parallel",
+    ),
+    "moe-wna16-fallback": (
+        case(facts=moe(AWQ), tp=2),
+        case(facts=moe(AWQ), tp=4),
+        "MoE WNA16 Triton kernels",
+    ),
+    "moe-wna16-block-k": (
+        case(facts=moe(AWQ), tp=2, version="0.26.0"),
+        case(facts=moe(AWQ), tp=4, version="0.26.0"),
+        "size_k must divisible by BLOCK_SIZE_K",
+    ),
+    "fp8-moe-block-alignment": (
+        case(facts=moe(FP8_BLOCK), tp=4),
+        case(facts=moe(FP8_BLOCK), tp=4, version="0.26.0"),
+        "--enable-expert-parallel",
+    ),
+    "fp8-block-alignment": (
+        case(facts=qwen(4096, 12288, quant=FP8_BLOCK), tp=4),
+        case(facts=qwen(2560, 9728, heads=32, kv=8, quant=FP8_BLOCK), tp=8),
+        "not a multiple of the weight block 128",
     ),
     "gpus-enough": (case(gpus=["T4", "T4"], tp=2), case(gpus=["T4"], tp=2), "2 GPUs"),
     "gpus-all-used": (case(gpus=["T4"], tp=1), case(gpus=["T4", "T4"], tp=1), "tensor-parallel-size"),

@@ -11,11 +11,46 @@ import argparse
 import json
 import sys
 
-from .hub_configs import load_facts
+from .gpus import UnknownGPUError, resolve
+from .hub_configs import ModelIdError, load_facts, looks_local, validate_repo_id
 from .model_facts import ModelConfigError
 from .preflight import check, format_plan
 from .serve_args import ServeArgsError, parse_argv
 from .versions import DEFAULT_VLLM_VERSION
+
+
+class BadInput(ValueError):
+    """What makes the command exit 2 with one line: input no plan can be made from."""
+
+
+def _positive_int(flags: dict, name: str) -> int:
+    value = flags.get(name)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInput(f"--{name} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
+def validate_inputs(args, flags: dict) -> None:
+    """Refuse, before any file or hub is read, what cannot describe a deployment."""
+    _positive_int(flags, "tensor-parallel-size")
+    _positive_int(flags, "pipeline-parallel-size")
+    util = flags.get("gpu-memory-utilization")
+    if util is not None and not (isinstance(util, (int, float)) and 0 < util <= 1):
+        raise BadInput(f"--gpu-memory-utilization must be in (0, 1], got {util!r}")
+    if args.gpu_count is not None and args.gpu_count < 1:
+        raise BadInput(f"--gpu-count must be at least 1, got {args.gpu_count}")
+    try:
+        resolve(args.gpu)
+    except UnknownGPUError as e:
+        raise BadInput(str(e)) from e
+    if looks_local(args.model):
+        return  # load_facts reads it, or says it does not exist, without the hub
+    try:
+        validate_repo_id(args.model)
+    except ModelIdError as e:
+        raise BadInput(str(e)) from e
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--revision", default=None, help="hub revision (default: master)")
     c.add_argument("--no-fetch", action="store_true", help="never contact the hub")
     c.add_argument("--json", action="store_true", help="print the plan as JSON")
+    c.add_argument(
+        "--allow-unmodeled",
+        action="store_true",
+        help="plan an architecture vLLM supports but the planner does not model: flags and GPUs are "
+        "checked, memory is not (the plan says so)",
+    )
     return p
 
 
@@ -51,13 +92,16 @@ def check_command(args, serve_argv: list[str]) -> int:
         print(f"vllm-fleet: unexpected arguments {positional}", file=sys.stderr)
         return 2
     try:
+        validate_inputs(args, flags)
         facts = load_facts(args.model, args.revision, fetch=not args.no_fetch)
-    except ModelConfigError as e:
+    except (BadInput, ModelConfigError) as e:
         print(f"vllm-fleet: {e}", file=sys.stderr)
         return 2
     tp = int(flags.get("tensor-parallel-size") or 1) * int(flags.get("pipeline-parallel-size") or 1)
     count = args.gpu_count if args.gpu_count is not None else tp
-    plan = check(facts, [args.gpu] * count, flags, args.vllm_version, name=args.model)
+    plan = check(
+        facts, [args.gpu] * count, flags, args.vllm_version, name=args.model, allow_unmodeled=args.allow_unmodeled
+    )
     print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
     return 0 if plan["verdict"] == "ok" else 1
 

@@ -11,6 +11,7 @@ SDK's own (``MODELSCOPE_ENDPOINT``, which the SDK reads once per process).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import replace
@@ -21,6 +22,29 @@ SMALL_FILES = ("config.json", *QUANT_CONFIG_FILES, SAFETENSORS_INDEX)
 DEFAULT_REVISION = "master"  # the hub's default branch
 DEFAULT_REVISIONS = (None, "", DEFAULT_REVISION, "main")
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+# A hub repo id: owner/name, each of the characters ModelScope allows in names (letters, digits,
+# "-", "_", "."), neither starting with "." (so no "..": a path, not an id).
+REPO_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*/[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+class ModelIdError(ModelConfigError):
+    """A model argument that is neither an existing path nor a valid hub repo id."""
+
+
+def looks_local(model: str) -> bool:
+    """A model named as a filesystem path (absolute, ./, ../, ~): never sent to the hub."""
+    return model.startswith(("/", "./", "../", "~", ".")) or model in (".", "..") or os.path.exists(model)
+
+
+def validate_repo_id(model: str) -> None:
+    if not REPO_ID.fullmatch(model) or ".." in model:
+        raise ModelIdError(
+            f"{model!r} is not a hub repo id (owner/name of letters, digits, '-', '_', '.'; no '..', no "
+            "leading '/'): give an existing model directory, a config.json path, or a repo id such as "
+            "qwen/Qwen2.5-7B-Instruct"
+        )
 
 
 def default_model_configs_dir() -> str:
@@ -127,9 +151,15 @@ def load_facts(
     endpoint: str | None = None,
     token: str | None = None,
 ) -> ModelFacts:
-    """ModelFacts for a local path or a repo id (owner/name) at a revision."""
+    """ModelFacts for a local path or a repo id (owner/name) at a revision.
+
+    A model that looks like a path but does not exist, and a repo id that is not owner/name, are
+    refused here, before any cache or hub is asked."""
     if os.path.exists(model):
         return load_model_dir(model)
+    if looks_local(model):
+        raise ModelConfigError(f"{model}: no such file or directory (a local model path; not sent to the hub)")
+    validate_repo_id(model)
     if revision in DEFAULT_REVISIONS:
         shipped = shipped_config_dir(model, model_configs_dir)
         if shipped:

@@ -16,6 +16,8 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field, replace
 
+from .architectures import architecture
+
 # The quantization files older GPTQ/AWQ releases ship beside config.json (vLLM reads the same
 # names: vllm/model_executor/layers/quantization/auto_gptq.py and auto_awq.py
 # get_config_filenames()).
@@ -54,6 +56,12 @@ class QuantFacts:
     desc_act: bool = False
     sym: bool | None = None
     zero_point: bool | None = None
+    # Module names the checkpoint leaves unquantized (modules_to_not_convert; e.g. the MoE router
+    # "gate", "lm_head"); vLLM builds those layers unquantized (quantization/utils/quant_utils.py
+    # is_layer_skipped).
+    modules_not_converted: tuple = ()
+    # Block-wise FP8: [block_n, block_k] (Qwen3-*-FP8: [128, 128]); None for per-tensor/channel.
+    weight_block_size: tuple | None = None
 
     @property
     def pack_factor(self) -> int:
@@ -82,7 +90,30 @@ class ModelFacts:
     name: str = ""
     source: str = ""
     attention_bias: bool = True
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
+    # Mixture of experts (vllm/model_executor/models/qwen2_moe.py, qwen3_moe.py): 0 experts = dense.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE's always-on expert; 0 = none
+    mlp_only_layers: tuple = ()
+    decoder_sparse_step: int = 1
     extra: dict = field(default_factory=dict)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def is_sparse_layer(self, index: int) -> bool:
+        """Whether decoder layer ``index`` has routed experts instead of a dense MLP, as vLLM
+        decides it (qwen2_moe.py / qwen3_moe.py DecoderLayer: not in mlp_only_layers, and
+        (index + 1) % decoder_sparse_step == 0)."""
+        step = self.decoder_sparse_step or 1
+        return self.is_moe and index not in self.mlp_only_layers and (index + 1) % step == 0
+
+    @property
+    def sparse_layers(self) -> int:
+        return sum(self.is_sparse_layer(i) for i in range(self.num_hidden_layers))
 
     @property
     def rope_factor(self) -> float:
@@ -124,6 +155,7 @@ def parse_quant(config: dict, quant_file: dict | None = None) -> QuantFacts | No
     bits = int(_first(q, "bits", "w_bit", "num_bits", default=8 if method.startswith("fp8") else 4))
     group_size = int(_first(q, "group_size", "q_group_size", default=-1))
     zero_point = q.get("zero_point")
+    block = q.get("weight_block_size")
     return QuantFacts(
         method=method,
         bits=bits,
@@ -131,6 +163,8 @@ def parse_quant(config: dict, quant_file: dict | None = None) -> QuantFacts | No
         desc_act=bool(q.get("desc_act", False)),
         sym=q.get("sym"),
         zero_point=bool(zero_point) if zero_point is not None else None,
+        modules_not_converted=tuple(q.get("modules_to_not_convert") or ()),
+        weight_block_size=tuple(int(b) for b in block) if block else None,
     )
 
 
@@ -151,8 +185,13 @@ def facts_from_config(
         raise ModelConfigError(f"config.json of {name or 'the model'} lacks {', '.join(missing)}")
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
+    arch_name = (config.get("architectures") or [""])[0]
+    arch = architecture(arch_name)
+    # q/k/v biases: config.json's attention_bias when it says; else the architecture's layout.
+    default_bias = arch.attention_bias if arch else config.get("model_type") in ("qwen2", "qwen")
+    num_experts = int(_first(config, "num_experts", "num_local_experts", default=0) or 0)
     facts = ModelFacts(
-        architecture=(config.get("architectures") or [""])[0],
+        architecture=arch_name,
         model_type=config.get("model_type", ""),
         num_hidden_layers=int(config["num_hidden_layers"]),
         hidden_size=hidden,
@@ -170,9 +209,19 @@ def facts_from_config(
         weight_bytes_source=weight_bytes_source if weight_bytes is not None else "",
         name=name,
         source=source,
-        # Qwen2 always has q/k/v biases; other architectures say so in config.
-        attention_bias=bool(config.get("attention_bias", config.get("model_type") in ("qwen2", "qwen"))),
+        attention_bias=bool(config.get("attention_bias", default_bias)),
+        qk_norm=bool(arch and arch.qk_norm),
+        num_experts=num_experts,
+        num_experts_per_tok=int(_first(config, "num_experts_per_tok", default=0) or 0),
+        moe_intermediate_size=int(_first(config, "moe_intermediate_size", default=0) or 0),
+        shared_expert_intermediate_size=int(
+            _first(config, "shared_expert_intermediate_size", default=0) if arch and arch.shared_expert else 0
+        ),
+        mlp_only_layers=tuple(int(i) for i in config.get("mlp_only_layers") or ()),
+        decoder_sparse_step=int(_first(config, "decoder_sparse_step", default=1) or 1),
     )
+    if facts.is_moe and not facts.moe_intermediate_size:
+        raise ModelConfigError(f"config.json of {name or 'the model'} has num_experts but no moe_intermediate_size")
     if weight_bytes is None:
         facts = replace(facts, weight_bytes_source="estimated from config shapes")
     return facts
@@ -209,42 +258,79 @@ def kv_heads_per_rank(facts: ModelFacts, tp: int) -> int:
 
 @dataclass(frozen=True)
 class WeightParts:
-    """The checkpoint's bytes by part, estimated from shapes; the planner splits them per rank."""
+    """The checkpoint's bytes by part, estimated from shapes; the planner splits them per rank.
+
+    Per-layer parts are for one layer of each kind: every layer has ``attention`` and ``norms``;
+    a dense layer has ``mlp``; a sparse (MoE) layer has ``experts`` (all routed experts),
+    ``router`` (the gate, and Qwen2-MoE's shared_expert_gate) and ``shared_expert``.
+    """
 
     layers: int
-    per_layer: int  # one decoder layer, its two norms included
-    layer_norms: int  # the two RMSNorms of one layer (replicated across tp ranks)
+    sparse_layers: int
+    attention: int  # q, k, v, o (+ q/k/v biases): split over tp
+    kv_proj: int  # the k and v projections alone (replicated when tp > KV heads)
+    mlp: int  # gate, up, down of a dense layer: split over tp
+    experts: int  # every routed expert of a sparse layer: split over tp (intermediate) or ep (experts)
+    router: int  # replicated on every rank, never quantized
+    shared_expert: int  # split over tp like a dense MLP
+    layer_norms: int  # the two RMSNorms (+ q/k norms) of one layer: replicated
     embed: int
     lm_head: int  # 0 when tied to the embedding
     final_norm: int
 
     @property
+    def dense_layers(self) -> int:
+        return self.layers - self.sparse_layers
+
+    @property
+    def sparse_layer(self) -> int:
+        return self.attention + self.layer_norms + self.experts + self.router + self.shared_expert
+
+    @property
+    def dense_layer(self) -> int:
+        return self.attention + self.layer_norms + self.mlp
+
+    @property
     def total(self) -> int:
-        return self.layers * self.per_layer + self.embed + self.lm_head + self.final_norm
+        return (
+            self.dense_layers * self.dense_layer
+            + self.sparse_layers * self.sparse_layer
+            + self.embed
+            + self.lm_head
+            + self.final_norm
+        )
 
 
 def weight_parts(facts: ModelFacts) -> WeightParts:
-    """Checkpoint bytes computed from shapes (decoder-only Llama/Qwen2 layout), by part.
+    """Checkpoint bytes computed from shapes (decoder-only Qwen2/Qwen3 layouts, dense or MoE).
 
-    Quantized releases keep embeddings, lm_head, norms and biases in fp16; the attention and
-    MLP projections are packed (see _linear_bytes).
+    Quantized releases keep embeddings, lm_head, norms, biases and the MoE router in fp16; the
+    attention, MLP and expert projections are packed (see _linear_bytes). The router ("gate", a
+    ReplicatedLinear(hidden, num_experts)) is built unquantized in vLLM's qwen2_moe.py/qwen3_moe.py
+    and left out of quantization by the published checkpoints (modules_to_not_convert).
     """
     dtype_bytes = checkpoint_dtype_bytes(facts)
-    h, inter = facts.hidden_size, facts.intermediate_size
+    h = facts.hidden_size
     q_out = facts.num_attention_heads * facts.head_dim
     kv_out = facts.num_key_value_heads * facts.head_dim
     lin = lambda k, n: _linear_bytes(k, n, facts.quant, dtype_bytes)  # noqa: E731
-    norms = 2 * h * dtype_bytes  # two RMSNorms
-    per_layer = (
-        lin(h, q_out) + 2 * lin(h, kv_out) + lin(q_out, h)  # q, k, v, o
-        + 2 * lin(h, inter) + lin(inter, h)  # gate, up, down
-        + norms
-        + ((q_out + 2 * kv_out) * dtype_bytes if facts.attention_bias else 0)
-    )  # fmt: skip
+    mlp = lambda inter: 2 * lin(h, inter) + lin(inter, h) if inter else 0  # noqa: E731  gate, up, down
+    kv_proj = 2 * lin(h, kv_out)
+    attention = (
+        lin(h, q_out) + kv_proj + lin(q_out, h) + ((q_out + 2 * kv_out) * dtype_bytes if facts.attention_bias else 0)
+    )
+    norms = 2 * h * dtype_bytes + (2 * facts.head_dim * dtype_bytes if facts.qk_norm else 0)
+    shared = facts.shared_expert_intermediate_size
     embed = facts.vocab_size * h * dtype_bytes
     return WeightParts(
         layers=facts.num_hidden_layers,
-        per_layer=per_layer,
+        sparse_layers=facts.sparse_layers,
+        attention=attention,
+        kv_proj=kv_proj,
+        mlp=mlp(facts.intermediate_size),
+        experts=facts.num_experts * mlp(facts.moe_intermediate_size),
+        router=(h * facts.num_experts + (h if shared else 0)) * dtype_bytes if facts.is_moe else 0,
+        shared_expert=mlp(shared),
         layer_norms=norms,
         embed=embed,
         lm_head=0 if facts.tie_word_embeddings else embed,
@@ -282,8 +368,14 @@ def safetensors_header_bytes(path: str) -> int:
 def _read_json(path: str) -> dict | None:
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ModelConfigError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"{path} is not a JSON object")
+    return data
 
 
 def weight_bytes_from_dir(model_dir: str) -> tuple[int | None, str]:
@@ -306,7 +398,8 @@ def weight_bytes_from_dir(model_dir: str) -> tuple[int | None, str]:
 def load_model_dir(path: str, *, name: str = "") -> ModelFacts:
     """ModelFacts from a model directory, or from a path to its config.json."""
     model_dir = os.path.dirname(path) if os.path.isfile(path) else path
-    config = _read_json(os.path.join(model_dir, "config.json"))
+    config_path = path if os.path.isfile(path) else os.path.join(model_dir, "config.json")
+    config = _read_json(config_path)
     if config is None:
         raise ModelConfigError(f"no config.json in {model_dir}")
     quant_file = None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from .architectures import architecture
 from .gpus import MIB, usable_bytes
 from .model_facts import (
     ModelFacts,
@@ -198,33 +199,62 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def weight_bytes_per_rank(facts: ModelFacts, tp: int = 1, pp: int = 1, dtype_bytes: int = 2) -> int:
+def pp_partition(num_layers: int, pp: int) -> list[int]:
+    """Layers per pipeline stage as vLLM splits them (vllm/distributed/utils.py get_pp_indices,
+    without VLLM_PP_LAYER_PARTITION): an even split, the remainder one each to the stages before
+    the last, counting back from it."""
+    parts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        parts[-i] += 1
+    return parts
+
+
+def local_experts(facts: ModelFacts, ep: int) -> int:
+    """Experts on the busiest rank when ``ep`` ranks split them (fused_moe/layer.py
+    determine_expert_map: num_experts // ep each, one more on the first num_experts % ep ranks)."""
+    return _cdiv(facts.num_experts, ep) if facts.is_moe else 0
+
+
+def weight_bytes_per_rank(
+    facts: ModelFacts, tp: int = 1, pp: int = 1, dtype_bytes: int = 2, expert_parallel: bool = False
+) -> int:
     """Weights on the busiest rank, from the checkpoint's shapes, scaled to its real bytes.
 
-    Linear layers split over tp (replicated K/V when tp > kv heads); embedding and lm_head are
-    vocab-parallel (vocab padded to 64 x tp); norms are replicated; layers split over pp with the
-    embedding on the first stage and lm_head on the last. Plus the rotary cos/sin cache
-    (max_position x head_dim in the model dtype: the 8 MiB that makes 7B's 14.382 GiB of
-    parameters the 14.39 GiB vLLM logged).
+    Attention and MLP layers split over tp (replicated K/V when tp > kv heads); routed experts
+    split their intermediate size over tp, or, with ``expert_parallel``, the experts themselves
+    over tp ranks (vLLM's ep size is tp x dp; dp is 1 here); the MoE router is replicated;
+    embedding and lm_head are vocab-parallel (vocab padded to 64 x tp); norms are replicated;
+    layers split over pp as pp_partition says, with the embedding on the first stage and lm_head
+    and the final norm on the last. Plus the rotary cos/sin cache (max_position x head_dim in the
+    model dtype: the 8 MiB that makes 7B's 14.382 GiB of parameters the 14.39 GiB vLLM logged).
     """
     ckpt_dtype_bytes = checkpoint_dtype_bytes(facts)
     parts = weight_parts(facts)
     total_est = parts.total
-    h, v = facts.hidden_size, facts.vocab_size
-    norm_final = parts.final_norm
-    norms = parts.layer_norms
-    split = parts.per_layer - norms
     # K and V projections are copied to every rank that shares a kv head when tp > kv heads.
     rep = tp // facts.num_key_value_heads if tp > facts.num_key_value_heads else 1
-    kv_elem_bytes = 0.5 if facts.quant is not None and facts.quant.bits == 4 else ckpt_dtype_bytes
-    kv_lin = 2 * facts.num_key_value_heads * facts.head_dim * h * kv_elem_bytes
-    layer_rank = split / tp + norms + (rep - 1) * kv_lin / tp
-    layers_rank = _cdiv(facts.num_hidden_layers, pp)
-    v_pad = _cdiv(v, VOCAB_PADDING * tp) * VOCAB_PADDING * tp
-    embed_rank = v_pad // tp * h * ckpt_dtype_bytes
-    lm_head_rank = 0 if facts.tie_word_embeddings else embed_rank
-    ends = embed_rank + lm_head_rank if pp == 1 else max(embed_rank, lm_head_rank or embed_rank)
-    est_rank = layers_rank * layer_rank + ends + norm_final
+    attention = (parts.attention + (rep - 1) * parts.kv_proj) / tp + parts.layer_norms
+    if expert_parallel and facts.is_moe:
+        experts = parts.experts * local_experts(facts, tp) / facts.num_experts
+    else:
+        experts = parts.experts / tp
+    sparse = attention + experts + parts.router + parts.shared_expert / tp
+    dense = attention + parts.mlp / tp
+    v_pad = _cdiv(facts.vocab_size, VOCAB_PADDING * tp) * VOCAB_PADDING * tp
+    embed_rank = v_pad // tp * facts.hidden_size * ckpt_dtype_bytes
+    lm_head_rank = embed_rank if (not facts.tie_word_embeddings or pp > 1) else 0
+    stages, first = [], 0
+    for count in pp_partition(facts.num_hidden_layers, pp):
+        layers = range(first, first + count)
+        stages.append(sum(sparse if facts.is_sparse_layer(i) else dense for i in layers))
+        first += count
+    arch = architecture(facts.architecture)
+    if arch and arch.ends_on_every_stage:
+        stages = [st + embed_rank + lm_head_rank + parts.final_norm for st in stages]
+    else:
+        stages[0] += embed_rank
+        stages[-1] += lm_head_rank + parts.final_norm
+    est_rank = max(stages)
     # Real checkpoint bytes (safetensors headers) correct the shape estimate where they differ.
     scale = weight_bytes(facts) / total_est if total_est else 1.0
     if facts.quant is None and dtype_bytes != ckpt_dtype_bytes:
@@ -255,6 +285,60 @@ def kernel_repack_bytes(facts: ModelFacts, gpu, tp: int = 1, pp: int = 1, dtype_
     return int(per_layer * _cdiv(facts.num_hidden_layers, pp) / tp * (dtype_bytes - q.bits / 8))
 
 
+def moe_workspace_bytes(facts: ModelFacts, tokens: int, slice_width: int, dtype_bytes: int = 2) -> int:
+    """The fused-MoE workspace of the profiling run: one buffer shared by every MoE layer, sized
+    for ``tokens`` (no chunking in 0.26/0.32) and kept allocated afterwards
+    (v1/worker/workspace.py; experts/triton_moe.py and marlin_moe.py workspace_shapes):
+        tokens x topk x (max(slice, hidden) + max(2 x slice, hidden)) in the activation dtype."""
+    h, k = facts.hidden_size, facts.num_experts_per_tok
+    return int(tokens * k * (max(slice_width, h) + max(2 * slice_width, h)) * dtype_bytes)
+
+
+def offloaded_bytes(
+    facts: ModelFacts, tp: int, pp: int, dtype_bytes: int, expert_parallel: bool, cpu_offload_gb: float
+) -> int:
+    """Weight bytes --cpu-offload-gb keeps in CPU memory instead of on each GPU: parameters of the
+    decoder layers are moved whole until the budget is reached (model_executor/models/utils.py
+    maybe_offload_to_cpu, called by make_layers), so at most the decoder layers' bytes; the
+    overshoot of one parameter past the budget is ignored (< 1 layer's largest matrix)."""
+    if cpu_offload_gb <= 0:
+        return 0
+    parts = weight_parts(facts)
+    stage_total = weight_bytes_per_rank(facts, tp, pp, dtype_bytes, expert_parallel)
+    ends = (parts.embed + parts.lm_head) / tp
+    return int(min(cpu_offload_gb * GIB, max(stage_total - ends, 0)))
+
+
+def lora_bytes(
+    facts: ModelFacts, tp: int, pp: int, dtype_bytes: int, max_loras: int, rank: int, expert_parallel: bool = False
+) -> int:
+    """GPU buffers --enable-lora allocates on each rank, inside vLLM's "Model loading took" figure
+    (lora/layers/*.py create_lora_weights; lora_model_runner_mixin.py load_lora_model). Per
+    max_loras x rank, in the model dtype: column-parallel layers keep lora_a whole (in) and split
+    lora_b (out/tp), row-parallel ones the other way round, so a dense layer holds
+        7 x hidden + 2 x (heads + kv_heads) x head_dim / tp + 3 x intermediate / tp
+    (qkv, o, gate_up, down); a sparse layer's experts E_local x (3 x hidden + 3 x width) with
+    width = moe_intermediate / tp (whole under expert parallel), its router hidden + experts,
+    and a shared expert 3 x hidden + 3 x shared / tp. Qwen3 layouts also wrap embed_tokens and
+    lm_head at the full vocabulary (2 x vocab + 2 x hidden; qwen3.py embedding_modules). The
+    dummy LoRAs of the profiling run are made on the CPU and copied into these buffers."""
+    if max_loras <= 0:
+        return 0
+    h, d = facts.hidden_size, facts.head_dim
+    attention = 4 * h + 2 * (facts.num_attention_heads + facts.num_key_value_heads) * d / tp
+    dense = attention + 3 * h + 3 * facts.intermediate_size / tp
+    width = facts.moe_intermediate_size if expert_parallel else facts.moe_intermediate_size / tp
+    experts = local_experts(facts, tp) if expert_parallel else facts.num_experts
+    sparse = attention + experts * (3 * h + 3 * width) + h + facts.num_experts
+    if facts.shared_expert_intermediate_size:
+        sparse += 3 * h + 3 * facts.shared_expert_intermediate_size / tp
+    stage = max(pp_partition(facts.num_hidden_layers, pp))
+    per_layer = sparse if facts.sparse_layers else dense  # the published MoE models are sparse throughout
+    arch = architecture(facts.architecture)
+    vocab = 2 * facts.vocab_size + 2 * h if arch and arch.lora_wraps_vocab else 0
+    return int((stage * per_layer + vocab) * max_loras * rank * dtype_bytes)
+
+
 def activation_bytes(
     facts: ModelFacts,
     tp: int,
@@ -262,10 +346,23 @@ def activation_bytes(
     max_num_seqs: int,
     dtype_bytes: int = 2,
     last_stage: bool = True,
+    expert_parallel: bool = False,
 ) -> int:
-    """torch peak increase of vLLM's profiling run on one rank (see the constants above)."""
+    """torch peak increase of vLLM's profiling run on one rank (see the constants above).
+
+    A dense layer's MLP peak is MLP_INTERMEDIATE_FACTOR x intermediate/tp + MLP_HIDDEN_FACTOR x
+    hidden elements per token. A sparse layer's is the fused-MoE workspace (moe_workspace_bytes),
+    the hidden-width tensors around it, the router logits, and a shared expert's gate_up and
+    activation outputs (3 x shared/tp), which are alive beside it."""
     t, h = max_num_batched_tokens, facts.hidden_size
-    forward = t * (MLP_INTERMEDIATE_FACTOR * facts.intermediate_size / tp + MLP_HIDDEN_FACTOR * h)
+    forward = 0.0
+    if facts.num_hidden_layers > facts.sparse_layers:
+        forward = t * (MLP_INTERMEDIATE_FACTOR * facts.intermediate_size / tp + MLP_HIDDEN_FACTOR * h)
+    if facts.sparse_layers:
+        width = facts.moe_intermediate_size if expert_parallel else facts.moe_intermediate_size // tp
+        moe = moe_workspace_bytes(facts, t, width, dtype_bytes) / dtype_bytes
+        moe += t * (MLP_HIDDEN_FACTOR * h + facts.num_experts + 3 * facts.shared_expert_intermediate_size / tp)
+        forward = max(forward, moe)
     forward *= dtype_bytes
     sampler = 0.0
     if last_stage:
@@ -281,11 +378,14 @@ def cuda_graph_bytes(facts: ModelFacts, pp: int, max_num_seqs: int, max_num_batc
     return CUDA_GRAPH_BYTES_PER_LAYER_PER_SIZE * layers * n
 
 
-def tp_allowed(facts: ModelFacts, tp: int, vllm_version: str = DEFAULT_VLLM_VERSION) -> bool:
+def tp_allowed(
+    facts: ModelFacts, tp: int, vllm_version: str = DEFAULT_VLLM_VERSION, expert_parallel: bool = False
+) -> bool:
     """Whether tp can split the model at all, as the rules table says (rules.shape_problems:
-    heads, KV heads, intermediate size, 4-bit groups and packing), so the planner never suggests
-    a tp preflight refuses."""
-    return not shape_problems(facts, tp, vllm_version)
+    heads, KV heads, intermediate size, 4-bit groups, packing and FP8 blocks, MoE experts), so the
+    planner never suggests a tp preflight refuses."""
+    flags = {"enable-expert-parallel": True} if expert_parallel else {}
+    return not shape_problems(facts, tp, vllm_version, flags)
 
 
 def int4_variant(facts: ModelFacts) -> ModelFacts:
@@ -322,6 +422,9 @@ FLAG_KEYWORDS = {
     "enforce-eager": "enforce_eager",
     "max-model-len": "max_model_len",
     "tensor-parallel-size": "tp",
+    "pipeline-parallel-size": "pp",
+    "enable-expert-parallel": "expert_parallel",
+    "cpu-offload-gb": "cpu_offload_gb",
 }
 
 
@@ -345,6 +448,10 @@ def plan_memory(
     enforce_eager: bool = False,
     block_size: int = 16,
     vllm_version: str = DEFAULT_VLLM_VERSION,
+    expert_parallel: bool = False,
+    cpu_offload_gb: float = 0.0,
+    max_loras: int = 0,
+    max_lora_rank: int = 16,
     _suggest: bool = True,
 ) -> MemoryPlan:
     """Predict vLLM's per-GPU memory budget for ``facts`` on ``gpu`` (see the module docstring).
@@ -371,8 +478,13 @@ def plan_memory(
 
     problems: list[dict] = []
     requested = math.ceil(total * gpu_memory_utilization)
-    weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes) + kernel_repack_bytes(facts, gpu, tp, pp, dtype_bytes)
-    activation = activation_bytes(facts, tp, tokens, seqs, dtype_bytes)
+    ep = expert_parallel and facts.is_moe
+    weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes, ep) + kernel_repack_bytes(
+        facts, gpu, tp, pp, dtype_bytes
+    )
+    weights -= offloaded_bytes(facts, tp, pp, dtype_bytes, ep, cpu_offload_gb)
+    weights += lora_bytes(facts, tp, pp, dtype_bytes, max_loras, max_lora_rank, ep)
+    activation = activation_bytes(facts, tp, tokens, seqs, dtype_bytes, expert_parallel=ep)
     graphs_counted = not enforce_eager and version_tuple(vllm_version) >= (0, 21)
     graphs = cuda_graph_bytes(facts, pp, seqs, tokens) if not enforce_eager else 0
     available = requested - weights - activation - NON_TORCH_BYTES - (graphs if graphs_counted else 0)
@@ -462,6 +574,10 @@ def plan_memory(
                 enforce_eager=enforce_eager,
                 block_size=block_size,
                 vllm_version=vllm_version,
+                expert_parallel=expert_parallel,
+                cpu_offload_gb=cpu_offload_gb,
+                max_loras=max_loras,
+                max_lora_rank=max_lora_rank,
             ),
             suggested,
         )
@@ -517,7 +633,7 @@ def _fixes(facts: ModelFacts, gpu, kw: dict, suggested: int) -> str:
     if suggested >= floor:
         options.append(f"use --max-model-len {suggested}")
     for tp in TP_CANDIDATES:
-        if tp <= kw["tp"] or not tp_allowed(facts, tp, kw["vllm_version"]):
+        if tp <= kw["tp"] or not tp_allowed(facts, tp, kw["vllm_version"], kw["expert_parallel"]):
             continue
         alt = plan_memory(facts, gpu, **{**kw, "tp": tp}, _suggest=False)
         opt = _option(f"tp {tp}", alt, floor)

@@ -13,7 +13,7 @@ vllm_version, weights_source.
 
 from __future__ import annotations
 
-from . import old_flags, rules
+from . import old_flags, quantization, rules
 from .gpus import UnknownGPUError, has_bf16, resolve, usable_bytes
 from .model_facts import DTYPE_BYTES, ModelConfigError, ModelFacts, weight_bytes
 from .planner import GIB, plan_memory
@@ -53,7 +53,7 @@ def _kv_bytes(flags: dict, dtype: str) -> int:
 
 
 def _memory(facts: ModelFacts, gpus: list[dict], flags: dict, tp: int, pp: int, dtype: str, vllm_version: str):
-    if not gpus:
+    if not gpus or not rules.architecture_modeled(facts):
         return None
     gpu = min(gpus, key=usable_bytes)  # the smallest GPU bounds a TP group
     asked = flags.get("max-model-len")
@@ -73,6 +73,10 @@ def _memory(facts: ModelFacts, gpus: list[dict], flags: dict, tp: int, pp: int, 
         max_num_seqs=flags.get("max-num-seqs"),
         max_num_batched_tokens=flags.get("max-num-batched-tokens"),
         enforce_eager=bool(flags.get("enforce-eager")),
+        expert_parallel=bool(flags.get("enable-expert-parallel")),
+        cpu_offload_gb=float(flags.get("cpu-offload-gb") or 0),
+        max_loras=int(flags.get("max-loras") or 1) if flags.get("enable-lora") else 0,
+        max_lora_rank=int(flags.get("max-lora-rank") or 16),
         vllm_version=vllm_version,
     )
 
@@ -109,8 +113,12 @@ def check(
     *,
     name: str = "",
     gpu_indices: list | None = None,
+    allow_unmodeled: bool = False,
 ) -> dict:
-    """The plan for one model on ``gpus`` (the GPUs given to it: catalog names or dicts)."""
+    """The plan for one model on ``gpus`` (the GPUs given to it: catalog names or dicts).
+
+    ``allow_unmodeled``: an architecture vLLM supports but the planner does not model is planned
+    without memory figures (a warning says memory is unchecked) instead of refused."""
     model = name or model_facts.name
     try:
         gpus = [resolve(g) for g in gpus]
@@ -136,8 +144,11 @@ def check(
         dtype_requested=requested,
         notes=notes,
         name=model,
+        allow_unmodeled=allow_unmodeled,
     )
     errors, warnings = rules.evaluate(case, vllm_version, "model")
+    # The weights vLLM builds: --quantization fp8 on an unquantized checkpoint quantizes it at load.
+    model_facts = quantization.loaded_facts(model_facts, translated.get("quantization"))
     shape_ok = not any(e["rule"] in rules.TP_SPLIT_RULES for e in errors)
     if shape_ok:
         try:
@@ -236,6 +247,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
             version,
             name=item.get("name", ""),
             gpu_indices=list(item.get("gpus") or []),
+            allow_unmodeled=bool(item.get("allow_unmodeled")),
         )
         if device == "cpu":  # no GPU rules on a CPU host: only shapes, flags and lengths count
             plan["errors"] = [e for e in plan["errors"] if e["rule"] not in ("gpus-enough",)]

@@ -12,12 +12,16 @@ translation preflight applies, such as bf16 -> half on a T4).
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import quantization, vllm_architectures
+from .architectures import ARCHITECTURES
 from .gpus import cc_int, has_bf16
 from .model_facts import ModelFacts, kv_heads_per_rank
+from .serve_flag_labels import LABELS, unmodeled
 from .serve_flag_spec import FLAGS
 from .serve_flag_spec import VERSION as SPEC_VERSION
 from .versions import DEFAULT_VLLM_VERSION, in_range
@@ -32,7 +36,16 @@ TP_CANDIDATES = (1, 2, 4, 8)
 # so the planner never suggests a tp these rows refuse. The first three are an even split, which
 # the planner's per-rank numbers assume: preflight plans no memory when one of them fails.
 TP_SPLIT_RULES = ("attention-heads-tp", "kv-heads-tp", "mlp-divisible-by-tp")
-TP_SHAPE_RULES = (*TP_SPLIT_RULES, "row-parallel-group-alignment", "column-parallel-pack-alignment")
+TP_SHAPE_RULES = (
+    *TP_SPLIT_RULES,
+    "row-parallel-group-alignment",
+    "column-parallel-pack-alignment",
+    "moe-experts-tp",
+    "moe-wna16-group",
+    "moe-wna16-block-k",
+    "fp8-moe-block-alignment",
+    "fp8-block-alignment",
+)
 
 # Flags the service role owns (docs/inventory.md): not allowed in a model's flags.
 ROLE_OWNED_FLAGS = {
@@ -52,6 +65,29 @@ QUANT_MIN_CAPABILITY = {
 }
 MARLIN_GROUP_SIZES = (-1, 32, 64, 128)  # quantization/utils/marlin_utils.py
 
+# The lowest compute capability the pinned vLLM's CUDA wheels run on, by first version: (cc, why).
+# vLLM's GPU install docs: "compute capability 7.5 or higher (e.g., T4, RTX20xx series, A100, L4,
+# H100, etc.)"; the 0.32 wheels are CUDA 13 builds, and CUDA 13 dropped sm_70/sm_72 (Volta) from
+# nvcc, so no kernel of the wheel exists for a V100.
+# vLLM PR #39878 made CUDA 13 the default wheel and took 7.0 out of TORCH_CUDA_ARCH_LIST (first in
+# the 0.20 wheels; CMakeLists.txt builds 7.0 only for CUDA < 12.8). vLLM has no start-up check:
+# the first kernel fails with "no kernel image is available for execution on the device".
+CUDA_CAPABILITY_FLOORS = (("0.20.0", 75, "its CUDA 13 wheels are built for compute capability 7.5 and up"),)
+
+# KV-cache dtypes by the attention backend vLLM picks. Below cc 8.0 (T4) only TRITON_ATTN serves
+# Qwen2/Qwen3 (FLASH_ATTN and FLASHINFER need 8.0), and its constructor refuses fp8 KV below cc 8.9
+# (v1/attention/backends/triton_attn.py; vllm-project/vllm#47549) and bfloat16 below 8.0.
+FP8_KV_MIN_CAPABILITY = 89
+KV_DTYPES_MODELED = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
+
+
+def cuda_capability_floor(version: str) -> tuple[int, str] | None:
+    found = None
+    for since, cc, why in CUDA_CAPABILITY_FLOORS:
+        if in_range(version, since):
+            found = (cc, why)
+    return found
+
 
 @dataclass
 class Case:
@@ -67,6 +103,7 @@ class Case:
     memory: object | None = None  # planner.MemoryPlan
     notes: list[dict] = field(default_factory=list)  # old_flags.translate notes
     name: str = ""
+    allow_unmodeled: bool = False  # plan an architecture the planner does not model (memory unchecked)
 
 
 @dataclass
@@ -112,16 +149,44 @@ def _ok_tps(case: Case, bad: Callable[[int], bool]) -> str:
     return ", ".join(str(t) for t in ok) or "none of 1, 2, 4, 8"
 
 
+def expert_parallel(case: Case) -> bool:
+    """--enable-expert-parallel on a MoE model: experts split across ranks, not their width."""
+    return bool(case.flags.get("enable-expert-parallel")) and case.facts.is_moe
+
+
+def mlp_widths(f: ModelFacts, ep: bool = False) -> list[tuple[str, int]]:
+    """(name, intermediate size) of each MLP the model has that tp splits by its width: the dense
+    MLP of dense layers, the routed experts of sparse layers (not with expert parallel, which
+    gives each rank whole experts: fused_moe/layer.py, tp_size 1 inside the expert group), and
+    Qwen2-MoE's shared expert."""
+    out = []
+    if f.num_hidden_layers - f.sparse_layers > 0:
+        out.append(("mlp", f.intermediate_size))
+    if f.sparse_layers and not ep:
+        out.append(("experts", f.moe_intermediate_size))
+    if f.sparse_layers and f.shared_expert_intermediate_size:
+        out.append(("shared_expert", f.shared_expert_intermediate_size))
+    return out
+
+
+def _linear_mlps(f: ModelFacts) -> list[tuple[str, int]]:
+    """The MLPs built of linear layers (the dense MLP, the shared expert); routed experts are one
+    FusedMoE layer with rules of its own (the moe-* rows)."""
+    return [(name, width) for name, width in mlp_widths(f, ep=True)]
+
+
 def _row_parallel_inputs(f: ModelFacts) -> list[tuple[str, int]]:
     # Row-parallel layers split their input dimension across TP ranks.
-    return [("down_proj", f.intermediate_size), ("o_proj", f.num_attention_heads * f.head_dim)]
+    mlp = [(("down_proj" if name == "mlp" else f"{name}.down_proj"), k) for name, k in _linear_mlps(f)]
+    return [*mlp, ("o_proj", f.num_attention_heads * f.head_dim)]
 
 
 def _column_parallel_outputs(f: ModelFacts, tp: int) -> list[tuple[str, int]]:
     # Column-parallel layers split their output dimension; KV heads replicate when tp > kv heads.
     kv_per_rank = kv_heads_per_rank(f, tp) * f.head_dim
+    mlp = [(("gate_up_proj" if name == "mlp" else f"{name}.gate_up_proj"), n // tp) for name, n in _linear_mlps(f)]
     return [
-        ("gate_up_proj", f.intermediate_size // tp),
+        *mlp,
         ("q_proj", f.num_attention_heads * f.head_dim // tp),
         ("k_proj/v_proj", kv_per_rank),
     ]
@@ -208,10 +273,12 @@ def check_kv_heads(case: Case) -> list[dict]:
 
 
 def check_mlp_divisible(case: Case) -> list[dict]:
-    inter = case.facts.intermediate_size
-    if inter % case.tp:
-        return [{"inter": inter, "tp": case.tp, "ok": _ok_tps(case, lambda t: inter % t != 0)}]
-    return []
+    ep = expert_parallel(case)
+    return [
+        {"mlp": name, "inter": inter, "tp": case.tp, "ok": _ok_tps(case, lambda t, i=inter: i % t != 0)}
+        for name, inter in mlp_widths(case.facts, ep)
+        if inter % case.tp
+    ]
 
 
 def _row_misaligned(f: ModelFacts, tp: int) -> list[tuple[str, int]]:
@@ -322,6 +389,235 @@ def check_role_owned_flags(case: Case) -> list[dict]:
     return [{"flag": name, "owner": owner} for name, owner in ROLE_OWNED_FLAGS.items() if name in case.flags]
 
 
+# --- mixture of experts (vllm/model_executor/layers/fused_moe/, quantization/auto_awq.py, auto_gptq.py,
+#     moe_wna16.py, fp8.py; the research notes with line numbers are in docs/planner.md) -------
+
+
+def expert_slice(case: Case) -> int:
+    """Each rank's share of moe_intermediate_size (vLLM's intermediate_size_per_partition): the
+    whole width under expert parallel, else width / tp."""
+    width = case.facts.moe_intermediate_size
+    return width if expert_parallel(case) else width // case.tp
+
+
+def _moe_fix(case: Case, bad: Callable[[int], bool]) -> str:
+    ok = _ok_tps(case, bad)
+    ep = "" if expert_parallel(case) else ", or --enable-expert-parallel (whole experts per GPU, none split)"
+    return f"use tp {ok}{ep}"
+
+
+def _wna16_group(case: Case) -> int | None:
+    """The group vLLM's MoE WNA16 fallback reduces to (moe_wna16.py create_weights: halve until it
+    divides the slice and hidden_size; it asserts >= 32), or None when Marlin takes the experts
+    (marlin_utils.py check_moe_marlin_supports_config: hidden % 128 == 0 and slice % group == 0)."""
+    f, q = case.facts, _quant(case)
+    if not f.sparse_layers or q is None or q.method not in ("gptq", "awq"):
+        return None
+    width, group = expert_slice(case), q.group_size if q.group_size > 0 else f.hidden_size
+    if f.hidden_size % 128 == 0 and width % group == 0:
+        return None
+    while group > 1 and (width % group or f.hidden_size % group):
+        group //= 2
+    return group
+
+
+def check_moe_experts_tp(case: Case) -> list[dict]:
+    f = case.facts
+    if f.sparse_layers and case.tp > f.num_experts:
+        return [{"tp": case.tp, "experts": f.num_experts}]
+    return []
+
+
+def check_moe_wna16_group(case: Case) -> list[dict]:
+    group = _wna16_group(case)
+    if group is None or group >= 32:
+        return []
+    return [{"slice": expert_slice(case), "group": _quant(case).group_size, "fix": _moe_fix(case, lambda t: False)}]
+
+
+def check_moe_wna16_fallback(case: Case) -> list[dict]:
+    group = _wna16_group(case)
+    if group is None or group < 32:
+        return []
+    q = _quant(case)
+    return [{"slice": expert_slice(case), "group": q.group_size, "method": q.method, "tp": case.tp}]
+
+
+def check_moe_wna16_block_k(case: Case) -> list[dict]:
+    """vLLM 0.26's MoE WNA16 CUDA kernel (csrc/moe/moe_wna16.cu) needs the slice to be whole
+    BLOCK_SIZE_K = max(128, group) tiles; it runs on small batches, so vLLM starts and the first
+    request fails (vllm-project/vllm#17604)."""
+    group = _wna16_group(case)
+    if group is None or group < 32:
+        return []
+    q, width = _quant(case), expert_slice(case)
+    block = max(128, q.group_size)
+    if width % block == 0:
+        return []
+    return [{"slice": width, "block": block, "tp": case.tp, "fix": _moe_fix(case, lambda t: False)}]
+
+
+def _fp8_block(case: Case) -> tuple[int, int] | None:
+    q = _quant(case)
+    if q is None or q.method != "fp8" or not q.weight_block_size:
+        return None
+    return q.weight_block_size[0], q.weight_block_size[-1]
+
+
+def check_fp8_moe_block(case: Case) -> list[dict]:
+    """Block-FP8 experts: vLLM 0.26 needs the slice in whole blocks (fp8.py Fp8MoEMethod
+    create_weights); 0.32 refines the blocks to gcd(block, slice, hidden) when that is >= 32
+    (oracle/fp8.py refine_fp8_moe_block_shape) and refuses below."""
+    block, f = _fp8_block(case), case.facts
+    if block is None or not f.sparse_layers:
+        return []
+    (bn, bk), width = block, expert_slice(case)
+    if in_range(case.vllm_version, "0.32.0"):
+        refine = math.gcd(math.gcd(bn, bk), math.gcd(width, f.hidden_size))
+        if refine >= 32 or (width % bn == 0 and (case.tp == 1 or width % bk == 0)):
+            return []
+    elif width % bn == 0 and (case.tp == 1 or width % bk == 0):
+        return []
+    return [{"slice": width, "bn": bn, "tp": case.tp, "fix": _moe_fix(case, lambda t: False)}]
+
+
+def check_fp8_linear_block(case: Case) -> list[dict]:
+    """Block-FP8 linear layers: each rank's output slice of a column-parallel layer is whole
+    block_n, and (tp > 1) each input slice of a row-parallel layer whole block_k
+    (quantization/utils/fp8_utils.py validate_fp8_block_shape)."""
+    block = _fp8_block(case)
+    if block is None:
+        return []
+    (bn, bk), tp, f = block, case.tp, case.facts
+    out = [
+        {"layer": layer, "n": n, "what": "output", "block": bn}
+        for layer, n in _column_parallel_outputs(f, tp)
+        if n % bn
+    ]
+    if tp > 1:
+        out += [
+            {"layer": layer, "n": k // tp, "what": "input", "block": bk}
+            for layer, k in _row_parallel_inputs(f)
+            if (k // tp) % bk
+        ]
+    for item in out:
+        item["tp"] = tp
+    return out
+
+
+# --- the GPU and --quantization ---------------------------------------------------------------
+
+
+def check_gpu_floor(case: Case) -> list[dict]:
+    gpu = _gpu0(case)
+    floor = cuda_capability_floor(case.vllm_version)
+    if gpu and floor and cc_int(gpu) < floor[0]:
+        need = f"{floor[0] // 10}.{floor[0] % 10}"
+        return [{"gpu": gpu["name"], "cc": gpu["compute_capability"], "need": need, "version": case.vllm_version}]
+    return []
+
+
+def check_kv_cache_dtype(case: Case) -> list[dict]:
+    gpu, kv = _gpu0(case), str(case.flags.get("kv-cache-dtype") or "auto")
+    if not gpu or kv == "auto":
+        return []
+    cc = cc_int(gpu)
+    if kv not in KV_DTYPES_MODELED:
+        if case.allow_unmodeled:
+            return []
+        return [
+            {
+                "kv": kv,
+                "gpu": gpu["name"],
+                "cc": gpu["compute_capability"],
+                "vllm": "the planner does not model this KV-cache dtype (its bytes per token and backends)",
+                "fix": "use --kv-cache-dtype auto, float16 or fp8, or set allow_unmodeled: true",
+            }
+        ]
+    if kv.startswith("fp8") and cc < 80:
+        return [
+            {
+                "kv": kv,
+                "gpu": gpu["name"],
+                "cc": gpu["compute_capability"],
+                "vllm": f"FP8 KV cache is not supported by the Triton attention backend on {gpu['name']} (compute "
+                f"capability {gpu['compute_capability']}); native FP8 (fp8e4nv) requires SM89+",
+                "fix": "use --kv-cache-dtype float16 (or auto)",
+            }
+        ]
+    if kv == "bfloat16" and not has_bf16(gpu):
+        return [
+            {
+                "kv": kv,
+                "gpu": gpu["name"],
+                "cc": gpu["compute_capability"],
+                "vllm": "a bfloat16 KV cache needs compute capability 8.0",
+                "fix": "use --kv-cache-dtype float16 (or auto)",
+            }
+        ]
+    return []
+
+
+def check_kv_cache_dtype_backend_unknown(case: Case) -> list[dict]:
+    gpu, kv = _gpu0(case), str(case.flags.get("kv-cache-dtype") or "auto")
+    if gpu and kv.startswith("fp8") and 80 <= cc_int(gpu) < FP8_KV_MIN_CAPABILITY:
+        return [{"kv": kv, "gpu": gpu["name"], "cc": gpu["compute_capability"]}]
+    return []
+
+
+def check_quantization_matches(case: Case) -> list[dict]:
+    refusal = quantization.mismatch(case.facts, case.flags.get("quantization"))
+    return [refusal] if refusal else []
+
+
+def check_quantization_modeled(case: Case) -> list[dict]:
+    asked = case.flags.get("quantization")
+    if case.allow_unmodeled or not quantization.unmodeled(case.facts, asked):
+        return []
+    return [{"asked": asked}]
+
+
+def check_online_quant_capability(case: Case) -> list[dict]:
+    gpu, asked = _gpu0(case), case.flags.get("quantization")
+    if gpu and quantization.online_fp8(case.facts, asked) and cc_int(gpu) < quantization.ONLINE_MIN_CAPABILITY:
+        return [{"asked": asked, "gpu": gpu["name"], "cc": gpu["compute_capability"]}]
+    return []
+
+
+def check_architecture_supported(case: Case) -> list[dict]:
+    arch = case.facts.architecture
+    if case.vllm_version != vllm_architectures.VERSION or arch in vllm_architectures.SUPPORTED:
+        return []
+    until = vllm_architectures.PREVIOUSLY_SUPPORTED.get(arch)
+    dropped = f" (it was supported until vLLM {until})" if until else ""
+    return [{"arch": arch or "(none)", "version": case.vllm_version, "dropped": dropped}]
+
+
+def architecture_modeled(facts: ModelFacts) -> bool:
+    return facts.architecture in ARCHITECTURES
+
+
+def _unmodeled_architecture(case: Case) -> list[dict]:
+    arch = case.facts.architecture
+    if architecture_modeled(case.facts) or not arch or arch not in vllm_architectures.SUPPORTED:
+        return []
+    return [{"arch": arch, "modeled": ", ".join(sorted(ARCHITECTURES))}]
+
+
+def check_architecture_modeled(case: Case) -> list[dict]:
+    return [] if case.allow_unmodeled else _unmodeled_architecture(case)
+
+
+def check_architecture_unmodeled_allowed(case: Case) -> list[dict]:
+    return _unmodeled_architecture(case) if case.allow_unmodeled else []
+
+
+def check_flags_not_modeled(case: Case) -> list[dict]:
+    if case.vllm_version != SPEC_VERSION:
+        return []
+    return [{"flag": name, "why": LABELS[name][1].rstrip(".")} for name in unmodeled(case.flags)]
+
+
 # --- host-scope checks ----------------------------------------------------------------------
 
 
@@ -367,6 +663,55 @@ K = "vllm/model_executor/kernels/linear/mixed_precision/"
 
 RULES: tuple[Rule, ...] = (
     Rule(
+        "architecture-supported",
+        "model",
+        "The checkpoint's architecture is one the pinned vLLM's model registry knows.",
+        "vLLM refuses at start: 'Model architectures [...] are not supported for now' "
+        "(_ModelRegistry._raise_for_unsupported); the list is vllm_architectures.py, generated "
+        "from the registry.",
+        ("vllm/model_executor/models/registry.py",),
+        "vLLM {version} does not support the architecture {arch}{dropped}: it refuses with 'Model "
+        "architectures ['{arch}'] are not supported for now'",
+        "use a checkpoint of an architecture vLLM {version} supports, or a vLLM version that supports {arch}",
+        check_architecture_supported,
+    ),
+    Rule(
+        "architecture-modeled",
+        "model",
+        "The architecture is one the planner models (architectures.py), so its memory is computed, "
+        "never guessed from another layout.",
+        "Planning an unknown layout as a dense Qwen2 gives numbers that look exact and are not.",
+        ("vllm/model_executor/models/registry.py",),
+        "vLLM supports {arch}, but the planner models only {modeled}: its memory cannot be checked",
+        "plan it by hand and set allow_unmodeled: true (CLI: --allow-unmodeled); preflight then checks "
+        "flags and GPUs and says that memory is unchecked",
+        check_architecture_modeled,
+    ),
+    Rule(
+        "architecture-unmodeled-allowed",
+        "model",
+        "allow_unmodeled was set for an architecture the planner does not model.",
+        "The operator took responsibility for memory: the plan says plainly that it is unchecked.",
+        ("vllm/model_executor/models/registry.py",),
+        "memory is UNCHECKED: the planner does not model {arch} (allow_unmodeled is set); no weights, "
+        "KV cache or --max-model-len figure is given",
+        "make sure by hand that the model fits, or use an architecture the planner models ({modeled})",
+        check_architecture_unmodeled_allowed,
+        severity="warning",
+    ),
+    Rule(
+        "flag-not-modeled",
+        "model",
+        "Every flag that changes GPU memory in a way the planner does not model is named in the plan "
+        "(serve_flag_labels.py labels every flag of the pinned vLLM).",
+        "A plan that looks exact while a flag changes memory is worse than one that says so.",
+        ("vllm/engine/arg_utils.py",),
+        "--{flag} is not modeled by the planner ({why}): the memory figures do not include it",
+        "check memory on a real start (vllm_probe reports vLLM's own numbers), or remove --{flag}",
+        check_flags_not_modeled,
+        severity="warning",
+    ),
+    Rule(
         "dtype-bfloat16-capability",
         "model",
         "An explicit --dtype bfloat16 needs a GPU with compute capability >= 8.0.",
@@ -388,6 +733,78 @@ RULES: tuple[Rule, ...] = (
         "set dtype: half in the model's flags to say so yourself",
         check_auto_dtype,
         severity="warning",
+    ),
+    Rule(
+        "gpu-capability-floor",
+        "model",
+        "The GPU's compute capability is one the pinned vLLM's CUDA build runs on at all.",
+        "vLLM's GPU install docs ask for compute capability 7.5 or higher; its CUDA 13 wheels carry no "
+        "sm_70 kernels (PR #39878, CMakeLists.txt), so a V100 fails at its first kernel ('no kernel "
+        "image is available for execution on the device'); vLLM has no start-up check.",
+        ("vllm/platforms/cuda.py",),
+        "vLLM {version} needs compute capability {need} or higher (its CUDA wheels have no kernels "
+        "below it: 'no kernel image is available for execution on the device'); {gpu} has {cc}",
+        "use GPUs with compute capability {need} or higher (T4, A10, L4, A100, H100, ...)",
+        check_gpu_floor,
+    ),
+    Rule(
+        "kv-cache-dtype-supported",
+        "model",
+        "--kv-cache-dtype is one the attention backend vLLM picks on this GPU accepts, and one the planner models.",
+        "On cc 7.5 only TRITON_ATTN serves Qwen2/Qwen3, and it refuses fp8 KV below SM89 "
+        "(vllm-project/vllm#47549) and bfloat16 below SM80, at model construction.",
+        ("vllm/v1/attention/backends/triton_attn.py", "vllm/platforms/cuda.py"),
+        "--kv-cache-dtype {kv} on {gpu} (cc {cc}): {vllm}",
+        "{fix}",
+        check_kv_cache_dtype,
+    ),
+    Rule(
+        "kv-cache-dtype-backend-unmodeled",
+        "model",
+        "fp8 KV cache on cc 8.0-8.8, where which attention backend takes it (FlashInfer when installed) "
+        "is not modeled.",
+        "FLASH_ATTN (FA2) has no fp8 KV cache and TRITON_ATTN needs SM89; FlashInfer may take it.",
+        ("vllm/platforms/cuda.py", "vllm/v1/attention/backends/triton_attn.py"),
+        "--kv-cache-dtype {kv} on {gpu} (cc {cc}) starts only if an attention backend that takes fp8 KV "
+        "on cc 8.x (FlashInfer) is installed: not checked",
+        "check it on one host first, or use --kv-cache-dtype auto",
+        check_kv_cache_dtype_backend_unknown,
+        severity="warning",
+    ),
+    Rule(
+        "quantization-matches-checkpoint",
+        "model",
+        "--quantization names the checkpoint's own method (or an override vLLM accepts for it); on an "
+        "unquantized checkpoint only an online method.",
+        "ModelConfig._verify_quantization raises on a mismatch; get_quant_config raises 'Cannot find "
+        "the config file for X' when a method needs quantized weights the checkpoint lacks.",
+        ("vllm/config/model.py", "vllm/model_executor/model_loader/weight_utils.py", Q + "auto_gptq.py"),
+        "--quantization {asked} on a checkpoint quantized with {method}: vLLM refuses ('{vllm}')",
+        "{fix}",
+        check_quantization_matches,
+    ),
+    Rule(
+        "quantization-modeled",
+        "model",
+        "An online --quantization method on an unquantized checkpoint is one the planner models "
+        "(fp8: 1 byte per linear and expert weight).",
+        "Other online methods (mxfp4, mxfp8, int8 experts, nvfp4) store weights the planner does not compute.",
+        ("vllm/config/quantization.py",),
+        "--quantization {asked} quantizes the weights at load in a way the planner does not model: their "
+        "memory cannot be checked",
+        "use --quantization fp8_per_tensor, a pre-quantized checkpoint, or set allow_unmodeled: true "
+        "(CLI: --allow-unmodeled) and check memory on a real start",
+        check_quantization_modeled,
+    ),
+    Rule(
+        "online-quantization-capability",
+        "model",
+        "Online fp8 quantization runs on the GPU's compute capability (Marlin W8A16 from 7.5).",
+        "OnlineQuantizationConfig.get_min_capability() is 75.",
+        (Q + "online/base.py", Q + "utils/marlin_utils_fp8.py"),
+        "--quantization {asked} needs compute capability 7.5; {gpu} has {cc}",
+        "remove --quantization {asked}, or use GPUs with compute capability >= 7.5",
+        check_online_quant_capability,
     ),
     Rule(
         "quant-capability",
@@ -458,7 +875,7 @@ RULES: tuple[Rule, ...] = (
         "intermediate_size is divisible by tp.",
         "Column/row-parallel MLP layers split intermediate_size evenly (ensure_divisibility).",
         ("vllm/model_executor/layers/linear.py", "vllm/distributed/utils.py"),
-        "tp {tp} does not divide intermediate_size {inter}",
+        "tp {tp} does not divide the {mlp} intermediate size {inter}",
         "use tp {ok}",
         check_mlp_divisible,
     ),
@@ -489,6 +906,81 @@ RULES: tuple[Rule, ...] = (
         "tp {tp} gives {layer} {n} outputs per GPU, not a multiple of the {method} pack factor {pack}",
         "use a smaller tp",
         check_column_parallel_packing,
+    ),
+    Rule(
+        "moe-experts-tp",
+        "model",
+        "A MoE model has at least as many routed experts as tp ranks.",
+        "Qwen2MoeSparseMoeBlock / Qwen3MoeSparseMoeBlock raise at model construction.",
+        ("vllm/model_executor/models/qwen2_moe.py", "vllm/model_executor/models/qwen3_moe.py"),
+        "Tensor parallel size {tp} is greater than the number of experts {experts} (vLLM refuses at start)",
+        "use tp {experts} or less",
+        check_moe_experts_tp,
+    ),
+    Rule(
+        "moe-wna16-group",
+        "model",
+        "4-bit MoE experts that Marlin cannot take fall back to MoE WNA16, which halves the group "
+        "size until it divides each rank's slice of moe_intermediate_size and needs at least 32.",
+        "moe_wna16.py MoeWNA16Method.create_weights: `assert group_size >= 32` at model construction.",
+        (Q + "moe_wna16.py", Q + "utils/marlin_utils.py"),
+        "each GPU's slice of the experts' intermediate size is {slice}, which no group of 32 or more "
+        "divides: vLLM's MoE WNA16 kernel asserts group_size >= 32 at start",
+        "{fix}",
+        check_moe_wna16_group,
+    ),
+    Rule(
+        "moe-wna16-fallback",
+        "model",
+        "4-bit MoE experts whose per-rank slice is not whole groups run on the slower MoE WNA16 "
+        "Triton kernels instead of Marlin.",
+        "auto_awq.py / auto_gptq.py get_quant_method: 'Falling back to Moe WNA16 kernels' "
+        "(check_moe_marlin_supports_config: hidden % 128 and slice % group_size).",
+        (Q + "auto_awq.py", Q + "auto_gptq.py", Q + "utils/marlin_utils.py"),
+        "tp {tp} gives each GPU {slice} of the experts' intermediate size, not whole {method} groups of "
+        "{group}: vLLM runs the experts on MoE WNA16 Triton kernels instead of Marlin (slower)",
+        "use a tp whose slice is a multiple of {group}, or --enable-expert-parallel",
+        check_moe_wna16_fallback,
+        severity="warning",
+        since="0.32.0",
+    ),
+    Rule(
+        "moe-wna16-block-k",
+        "model",
+        "In vLLM before 0.32, 4-bit MoE experts on the WNA16 fallback need each rank's slice in whole "
+        "BLOCK_SIZE_K (128) tiles.",
+        "csrc/moe/moe_wna16.cu TORCH_CHECK 'size_k must divisible by BLOCK_SIZE_K', on small batches: "
+        "vLLM starts and the first request fails (vllm-project/vllm#17604, Qwen3-30B-A3B-AWQ at tp 4).",
+        (Q + "moe_wna16.py", "vllm/model_executor/layers/fused_moe/fused_moe.py", "vllm/_custom_ops.py"),
+        "tp {tp} gives each GPU {slice} of the experts' intermediate size, not a multiple of {block}: "
+        "vLLM starts, then fails the first request with 'size_k must divisible by BLOCK_SIZE_K'",
+        "{fix}",
+        check_moe_wna16_block_k,
+        until="0.32.0",
+    ),
+    Rule(
+        "fp8-moe-block-alignment",
+        "model",
+        "Block-FP8 experts: each rank's slice of moe_intermediate_size fits the weight blocks "
+        "(0.26: whole blocks; 0.32: a refined block of at least 32).",
+        "fp8.py Fp8MoEMethod / oracle/fp8.py resolve_fp8_moe_weight_block_shape, at layer construction.",
+        (Q + "fp8.py", "vllm/model_executor/layers/fused_moe/oracle/fp8.py", Q + "utils/fp8_utils.py"),
+        "The output_size of gate's and up's weight = {slice} is not divisible by weight quantization "
+        "block_n = {bn} (tp {tp}): vLLM refuses at start",
+        "{fix}",
+        check_fp8_moe_block,
+    ),
+    Rule(
+        "fp8-block-alignment",
+        "model",
+        "Block-FP8 linear layers: each rank's output slice is whole block_n; with tp > 1 each "
+        "row-parallel input slice is whole block_k.",
+        "fp8_utils.py validate_fp8_block_shape raises at layer construction.",
+        (Q + "fp8.py", Q + "utils/fp8_utils.py"),
+        "tp {tp} gives {layer} {n} {what} features per GPU, not a multiple of the weight block {block}: "
+        "vLLM refuses at start ('... is not divisible by weight quantization block')",
+        "use a smaller tp, or an fp16/bf16 checkpoint",
+        check_fp8_linear_block,
     ),
     Rule(
         "gpus-enough",
@@ -637,9 +1129,12 @@ def evaluate(case, vllm_version: str, scope: str, only: tuple[str, ...] | None =
     return errors, warnings
 
 
-def shape_problems(facts: ModelFacts, tp: int, vllm_version: str = DEFAULT_VLLM_VERSION) -> list[dict]:
+def shape_problems(
+    facts: ModelFacts, tp: int, vllm_version: str = DEFAULT_VLLM_VERSION, flags: dict | None = None
+) -> list[dict]:
     """The errors of the TP_SHAPE_RULES rows for ``facts`` split over ``tp`` GPUs (heads, KV heads,
-    intermediate size, quantization groups and packing): [] when tp can split the model."""
-    case = Case(facts=facts, gpus=[], flags={}, vllm_version=vllm_version, tp=tp)
+    intermediate size, quantization groups, packing and blocks): [] when tp can split the model.
+    ``flags`` carries what else changes the split (--enable-expert-parallel)."""
+    case = Case(facts=facts, gpus=[], flags=dict(flags or {}), vllm_version=vllm_version, tp=tp)
     errors, _ = evaluate(case, vllm_version, "model", only=TP_SHAPE_RULES)
     return errors

@@ -20,6 +20,33 @@ class ServeArgsError(ValueError):
     pass
 
 
+# A newline or carriage return in a flag would be written into the systemd unit's ExecStart as a
+# line of its own (a directive of the caller's choosing); NUL ends a C string early. vLLM never
+# needs them in a flag, so they are refused wherever flags come in (argv and inventory dicts).
+CONTROL_CHARACTERS = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte"}
+
+
+def _refuse_control_characters(name: str, value, kind: str = "flag") -> None:
+    texts = [name]
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, str):
+            texts.append(item)
+    for text in texts:
+        for char, what in CONTROL_CHARACTERS.items():
+            if char in text:
+                raise ServeArgsError(
+                    f"{kind} {name.lstrip('-')!r} contains {what}: it would become a line of its own in the "
+                    "systemd unit; remove it"
+                )
+
+
 def human_readable_int(value: str) -> int:
     """vLLM's human_readable_int: '1k' -> 1000, '1K' -> 1024, '25.6k' -> 25600, '-1'/'auto' -> -1."""
     text = str(value).strip()
@@ -77,6 +104,8 @@ def parse_argv(argv: list[str]) -> tuple[dict, list[str]]:
     Flags the pinned vLLM does not know (old recipes' flags) are kept under their own name so
     old_flags.translate can deal with them: a following non-option token is their value.
     """
+    for token in argv:
+        _refuse_control_characters(str(token), None, "argument")
     flags: dict = {}
     positional: list[str] = []
     i = 0
@@ -171,6 +200,7 @@ def normalize(flags: dict) -> dict:
     and string numbers typed ("14k" -> 14000) the way vLLM would read them."""
     out: dict = {}
     for key, value in (flags or {}).items():
+        _refuse_control_characters(str(key), value)
         name, forced = _canonical(str(key) if str(key).startswith("-") else f"--{key}")
         if forced is not None:
             out[name] = forced if value in (True, None) else (not value)
