@@ -193,7 +193,7 @@ CASES = {
         "size_k must divisible by BLOCK_SIZE_K",
     ),
     "fp8-moe-block-alignment": (
-        case(facts=moe(FP8_BLOCK), tp=4),
+        case(facts=moe(FP8_BLOCK), gpus=["L4"], tp=4),
         case(facts=moe(FP8_BLOCK), tp=4, version="0.26.0"),
         "--enable-expert-parallel",
     ),
@@ -295,3 +295,19 @@ def test_shape_problems_are_the_shape_rows_errors():
     assert rules.shape_problems(facts, 1) == []
     assert [e["rule"] for e in rules.shape_problems(facts, 2)] == ["row-parallel-group-alignment"]
     assert {e["rule"] for e in rules.shape_problems(qwen(heads=20, kv=20), 8)} >= {"attention-heads-tp"}
+
+
+def test_fp8_moe_blocks_refined_by_032_are_refused_where_marlin_runs_them():
+    """0.32 refines 128x128 blocks to 64x64 for a 192-wide slice; only Triton (cc >= 8.9) takes them."""
+    t4 = case(facts=moe(FP8_BLOCK), gpus=["T4"], tp=4)
+    (hit,) = _hits("fp8-moe-block-alignment", t4)
+    assert "refines the blocks to 64x64" in hit["message"] and "use tp 1, 2" in hit["fix"]
+    assert _hits("fp8-moe-block-alignment", replace(t4, tp=2)) == []
+    assert _hits("fp8-moe-block-alignment", case(facts=moe(FP8_BLOCK), gpus=["L4"], tp=8)) == []  # 96: 32x32
+
+
+def test_moe_tp_fixes_name_the_tps_that_work_and_expert_parallel():
+    (hit,) = _hits("moe-wna16-block-k", CASES["moe-wna16-block-k"][1])
+    assert hit["fix"] == "use tp 1, 2, or --enable-expert-parallel (whole experts per GPU, none split)"
+    ep = replace(CASES["moe-wna16-block-k"][1], flags={"enable-expert-parallel": True})
+    assert _hits("moe-wna16-block-k", ep) == []  # whole experts: the 768 width is not split

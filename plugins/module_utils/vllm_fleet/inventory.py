@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .serve_args import ServeArgsError, normalize
+from .serve_args import CONTROL_CHARACTERS, ServeArgsError, normalize
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # The service role owns these: they are not model flags.
@@ -45,6 +45,13 @@ def normalize_model(item: dict) -> dict:
     state = item.get("state", "present")
     if state not in ("present", "absent"):
         raise InventoryError(f"model {name}: state must be present or absent, not {state!r}")
+    env = {str(k): str(v) for k, v in (item.get("env") or {}).items()}
+    for key, value in env.items():
+        if any(c in key + value for c in CONTROL_CHARACTERS):
+            raise InventoryError(
+                f"model {name}: env {key!r} contains a newline, carriage return or NUL: it would become a "
+                "line of its own in the systemd unit; remove it"
+            )
     return {
         "name": name,
         "model": str(item["model"]),
@@ -53,7 +60,9 @@ def normalize_model(item: dict) -> dict:
         "gpus": list(item.get("gpus") or []),
         "state": state,
         "flags": flags,
-        "env": {str(k): str(v) for k, v in (item.get("env") or {}).items()},
+        "env": env,
+        # Plan an architecture the planner does not model without memory figures (docs/preflight.md).
+        "allow_unmodeled": bool(item.get("allow_unmodeled", False)),
     }
 
 

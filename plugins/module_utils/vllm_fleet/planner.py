@@ -271,18 +271,68 @@ def _cc_int(gpu) -> int:
     return int(major) * 10 + int(minor or 0)
 
 
-def kernel_repack_bytes(facts: ModelFacts, gpu, tp: int = 1, pp: int = 1, dtype_bytes: int = 2) -> int:
-    """Bytes the GPU's quantized-linear kernel adds to the checkpoint's on one rank (see
-    MACHETE_CAPABILITY): AWQ zero points expanded to the act dtype on Hopper; 0 elsewhere."""
+def kernel_repack_bytes(
+    facts: ModelFacts, gpu, tp: int = 1, pp: int = 1, dtype_bytes: int = 2, expert_parallel: bool = False
+) -> int:
+    """Bytes the GPU's quantized kernels add to the checkpoint's on one rank: AWQ zero points of
+    linear layers expanded to the act dtype on Hopper (see MACHETE_CAPABILITY), plus what the MoE
+    kernels add to the experts (moe_kernel_bytes)."""
+    extra = moe_kernel_bytes(facts, gpu, tp, pp, dtype_bytes, expert_parallel)
     q = facts.quant
     if q is None or q.method != "awq" or q.zero_point is False or _cc_int(gpu) != MACHETE_CAPABILITY:
-        return 0
-    h, inter = facts.hidden_size, facts.intermediate_size
+        return extra
+    h = facts.hidden_size
     q_out, kv_out = facts.num_attention_heads * facts.head_dim, facts.num_key_value_heads * facts.head_dim
-    shapes = [(h, q_out), (h, kv_out), (h, kv_out), (q_out, h), (h, inter), (h, inter), (inter, h)]
+    attention = [(h, q_out), (h, kv_out), (h, kv_out), (q_out, h)]
+    mlp = lambda inter: [(h, inter), (h, inter), (inter, h)] if inter else []  # noqa: E731
     group = lambda k: q.group_size if q.group_size > 0 else k  # noqa: E731
-    per_layer = sum(_cdiv(k, group(k)) * n for k, n in shapes)
-    return int(per_layer * _cdiv(facts.num_hidden_layers, pp) / tp * (dtype_bytes - q.bits / 8))
+    groups = lambda shapes: sum(_cdiv(k, group(k)) * n for k, n in shapes)  # noqa: E731
+    dense = groups(attention + mlp(facts.intermediate_size))
+    sparse = groups(attention + mlp(facts.shared_expert_intermediate_size))
+    layers = max(pp_partition(facts.num_hidden_layers, pp))
+    per_layer = sparse if facts.sparse_layers else dense  # the published MoE models are sparse throughout
+    return extra + int(per_layer * layers / tp * (dtype_bytes - q.bits / 8))
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def moe_kernel_bytes(
+    facts: ModelFacts, gpu, tp: int = 1, pp: int = 1, dtype_bytes: int = 2, expert_parallel: bool = False
+) -> int:
+    """What vLLM's Marlin MoE kernels add to the experts' checkpoint bytes on one rank.
+
+    - 4-bit AWQ/GPTQ experts on Marlin (every cc >= 7.5 in 0.26; slice % group == 0 and hidden %
+      128 == 0): the slice is padded to a multiple of lcm(64, group) (marlin_utils.py
+      marlin_moe_padded_intermediate), so the weights grow by padded/slice.
+    - Block-FP8 experts on Marlin (cc 7.5-8.8, weight-only; marlin_utils_fp8.py
+      prepare_fp8_moe_layer_for_marlin): the slice is padded to lcm(64, block_k) and the fp32
+      block scales become act-dtype group scales, one per block_k inputs and output column.
+    """
+    q, cc = facts.quant, _cc_int(gpu)
+    if not facts.sparse_layers or q is None or cc < 75:
+        return 0
+    parts = weight_parts(facts)
+    width = facts.moe_intermediate_size if expert_parallel else facts.moe_intermediate_size // tp
+    experts = local_experts(facts, tp) if expert_parallel else facts.num_experts
+    layers = facts.sparse_layers * max(pp_partition(facts.num_hidden_layers, pp)) / facts.num_hidden_layers
+    h = facts.hidden_size
+    if q.method in ("awq", "gptq") and q.bits == 4 and width:
+        group = q.group_size if q.group_size > 0 else width
+        if h % 128 or width % group:
+            return 0  # MoE WNA16 fallback: the checkpoint layout, no padding
+        padded = _cdiv(width, _lcm(64, group)) * _lcm(64, group)
+        per_layer = parts.experts * experts / facts.num_experts / (1 if expert_parallel else tp)
+        return int(per_layer * (padded / width - 1) * layers)
+    if q.method == "fp8" and q.weight_block_size and cc < 89 and width:
+        bn, bk = q.weight_block_size[0], q.weight_block_size[-1]
+        padded = _cdiv(width, _lcm(64, bk)) * _lcm(64, bk)
+        pad_weights = experts * 3 * h * (padded - width)  # fp8: 1 byte per weight
+        group_scales = experts * (_cdiv(h, bk) * 2 * padded + _cdiv(padded, bk) * h) * dtype_bytes
+        block_scales = experts * (2 * _cdiv(width, bn) * _cdiv(h, bk) + _cdiv(h, bn) * _cdiv(width, bk)) * 4
+        return int((pad_weights + group_scales - block_scales) * layers)
+    return 0
 
 
 def moe_workspace_bytes(facts: ModelFacts, tokens: int, slice_width: int, dtype_bytes: int = 2) -> int:

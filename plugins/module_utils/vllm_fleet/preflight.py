@@ -81,6 +81,16 @@ def _memory(facts: ModelFacts, gpus: list[dict], flags: dict, tp: int, pp: int, 
     )
 
 
+def _weights_gib(memory, facts: ModelFacts, wbytes: int, tp: int, pp: int) -> float | None:
+    """Per GPU: the planner's figure; without a plan (no GPU given) the checkpoint split evenly;
+    None for an architecture the planner does not model (its memory is unchecked, not guessed)."""
+    if memory is not None:
+        return round(memory.weights_gib_per_gpu, 2)
+    if not rules.architecture_modeled(facts):
+        return None
+    return round(wbytes / GIB / (tp * pp), 2)
+
+
 def _refused(model: str, rule: str, message: str, fix: str, vllm_version: str) -> dict:
     return {
         "verdict": "refused",
@@ -180,7 +190,7 @@ def check(
         "pp": pp,
         "dtype": dtype,
         "quantization": model_facts.quant.method if model_facts.quant else None,
-        "weights_gib": round(memory.weights_gib_per_gpu, 2) if memory else round(wbytes / GIB / (tp * pp), 2),
+        "weights_gib": _weights_gib(memory, model_facts, wbytes, tp, pp),
         "kv_cache_gib": round(memory.kv_cache_gib, 2) if memory else None,
         "kv_tokens": memory.kv_tokens if memory else None,
         "max_model_len": translated.get("max-model-len") or model_facts.max_supported_len,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import quantization, vllm_architectures
 from .architectures import ARCHITECTURES
@@ -400,8 +400,10 @@ def expert_slice(case: Case) -> int:
     return width if expert_parallel(case) else width // case.tp
 
 
-def _moe_fix(case: Case, bad: Callable[[int], bool]) -> str:
-    ok = _ok_tps(case, bad)
+def _moe_fix(case: Case, bad: Callable[[Case], bool]) -> str:
+    """The tps at which ``bad`` (a rule's own test) passes, and expert parallel, which gives each
+    GPU whole experts when tp slices them."""
+    ok = _ok_tps(case, lambda t: bad(replace(case, tp=t)))
     ep = "" if expert_parallel(case) else ", or --enable-expert-parallel (whole experts per GPU, none split)"
     return f"use tp {ok}{ep}"
 
@@ -428,11 +430,17 @@ def check_moe_experts_tp(case: Case) -> list[dict]:
     return []
 
 
-def check_moe_wna16_group(case: Case) -> list[dict]:
+def _wna16_group_too_small(case: Case) -> bool:
     group = _wna16_group(case)
-    if group is None or group >= 32:
+    return group is not None and group < 32
+
+
+def check_moe_wna16_group(case: Case) -> list[dict]:
+    if not _wna16_group_too_small(case):
         return []
-    return [{"slice": expert_slice(case), "group": _quant(case).group_size, "fix": _moe_fix(case, lambda t: False)}]
+    return [
+        {"slice": expert_slice(case), "group": _quant(case).group_size, "fix": _moe_fix(case, _wna16_group_too_small)}
+    ]
 
 
 def check_moe_wna16_fallback(case: Case) -> list[dict]:
@@ -447,14 +455,15 @@ def check_moe_wna16_block_k(case: Case) -> list[dict]:
     """vLLM 0.26's MoE WNA16 CUDA kernel (csrc/moe/moe_wna16.cu) needs the slice to be whole
     BLOCK_SIZE_K = max(128, group) tiles; it runs on small batches, so vLLM starts and the first
     request fails (vllm-project/vllm#17604)."""
+    if not _wna16_block_k_misaligned(case):
+        return []
+    width, block = expert_slice(case), max(128, _quant(case).group_size)
+    return [{"slice": width, "block": block, "tp": case.tp, "fix": _moe_fix(case, _wna16_block_k_misaligned)}]
+
+
+def _wna16_block_k_misaligned(case: Case) -> bool:
     group = _wna16_group(case)
-    if group is None or group < 32:
-        return []
-    q, width = _quant(case), expert_slice(case)
-    block = max(128, q.group_size)
-    if width % block == 0:
-        return []
-    return [{"slice": width, "block": block, "tp": case.tp, "fix": _moe_fix(case, lambda t: False)}]
+    return group is not None and group >= 32 and expert_slice(case) % max(128, _quant(case).group_size) != 0
 
 
 def _fp8_block(case: Case) -> tuple[int, int] | None:
@@ -467,18 +476,47 @@ def _fp8_block(case: Case) -> tuple[int, int] | None:
 def check_fp8_moe_block(case: Case) -> list[dict]:
     """Block-FP8 experts: vLLM 0.26 needs the slice in whole blocks (fp8.py Fp8MoEMethod
     create_weights); 0.32 refines the blocks to gcd(block, slice, hidden) when that is >= 32
-    (oracle/fp8.py refine_fp8_moe_block_shape) and refuses below."""
+    (oracle/fp8.py refine_fp8_moe_block_shape), which only its Triton FP8 MoE kernels take (cc >= 8.9;
+    below, FP8 experts run on Marlin), and refuses below 32."""
+    why = _fp8_moe_misaligned(case)
+    if not why:
+        return []
+    return [
+        {
+            "slice": expert_slice(case),
+            "bn": _fp8_block(case)[0],
+            "tp": case.tp,
+            "why": why,
+            "fix": _moe_fix(case, _fp8_moe_misaligned),
+        }
+    ]
+
+
+def _fp8_moe_misaligned(case: Case) -> str:
+    """Why the experts' slice does not fit the FP8 blocks, or "" when it does."""
     block, f = _fp8_block(case), case.facts
     if block is None or not f.sparse_layers:
-        return []
+        return ""
     (bn, bk), width = block, expert_slice(case)
-    if in_range(case.vllm_version, "0.32.0"):
-        refine = math.gcd(math.gcd(bn, bk), math.gcd(width, f.hidden_size))
-        if refine >= 32 or (width % bn == 0 and (case.tp == 1 or width % bk == 0)):
-            return []
-    elif width % bn == 0 and (case.tp == 1 or width % bk == 0):
-        return []
-    return [{"slice": width, "bn": bn, "tp": case.tp, "fix": _moe_fix(case, lambda t: False)}]
+    if width % bn == 0 and (case.tp == 1 or width % bk == 0):
+        return ""
+    refused = (
+        f"vLLM refuses at start ('The output_size of gate's and up's weight = {width} is not divisible by "
+        f"weight quantization block_n = {bn}')"
+    )
+    if not in_range(case.vllm_version, "0.32.0"):
+        return refused
+    refine = math.gcd(math.gcd(bn, bk), math.gcd(width, f.hidden_size))
+    if refine < 32:
+        return refused
+    gpu = _gpu0(case)
+    if gpu is None or cc_int(gpu) >= FP8_KV_MIN_CAPABILITY:
+        return ""
+    return (
+        f"vLLM {case.vllm_version} refines the blocks to {refine}x{refine}, which only its Triton FP8 MoE "
+        f"kernels take (cc 8.9+); {gpu['name']} (cc {gpu['compute_capability']}) runs FP8 experts on Marlin: "
+        "not modeled, so refused"
+    )
 
 
 def check_fp8_linear_block(case: Case) -> list[dict]:
@@ -965,8 +1003,7 @@ RULES: tuple[Rule, ...] = (
         "(0.26: whole blocks; 0.32: a refined block of at least 32).",
         "fp8.py Fp8MoEMethod / oracle/fp8.py resolve_fp8_moe_weight_block_shape, at layer construction.",
         (Q + "fp8.py", "vllm/model_executor/layers/fused_moe/oracle/fp8.py", Q + "utils/fp8_utils.py"),
-        "The output_size of gate's and up's weight = {slice} is not divisible by weight quantization "
-        "block_n = {bn} (tp {tp}): vLLM refuses at start",
+        "tp {tp} gives each GPU {slice} of the experts' intermediate size, not whole FP8 weight blocks of {bn}: {why}",
         "{fix}",
         check_fp8_moe_block,
     ),
