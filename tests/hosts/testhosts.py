@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.support import costs
+
 from . import rootfs
 
 PREFIX = "vf"
@@ -360,6 +362,7 @@ def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
     if names is None:
         names = sorted(set(state) | set(_leftover_names()))
     for name in names:
+        _record_vllm_starts(state.get(name))
         _stop(name)
         for point in _mounts_of(name):
             _run(["umount", point], check=False)
@@ -370,6 +373,16 @@ def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
     _save_state(state)
     if inventory is not None:
         write_inventory(_listed_in(inventory), inventory)
+
+
+def _record_vllm_starts(host: Host | None) -> None:
+    """Count the vLLM unit starts this host's journal saw (tests/support/costs.py), before it goes."""
+    if host is None or not os.environ.get(costs.ENV):
+        return
+    # systemd logs "Started vllm-<name>.service ..." (the unit's Description follows) per start.
+    done = ssh(host, "journalctl -o cat --no-pager _PID=1 | grep -c '^Started vllm-' || true", check=False, timeout=20)
+    if done.returncode == 0 and done.stdout.strip().isdigit():
+        costs.record("vllm-host", int(done.stdout.strip()))
 
 
 def _stop(name: str, timeout: float = 20) -> None:

@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import costs
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RECAP_LINE = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$", re.M)
@@ -44,6 +46,7 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
 
 
 def run(tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 900) -> AnsibleResult:
+    costs.record(tool)
     proc = subprocess.run(
         [str(BIN / tool), *args],
         cwd=REPO_ROOT,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import costs
+
 pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,7 @@ def test_molecule_scenario(host_tooling, scenario):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOLECULE_")}
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", NO_COLOR="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     started = time.monotonic()
+    costs.record("molecule")
     proc = subprocess.run(
         [str(BIN / "molecule"), "test", "-s", scenario],
         cwd=REPO_ROOT,

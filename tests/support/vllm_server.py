@@ -29,6 +29,8 @@ from typing import NoReturn
 
 import pytest
 
+from tests.support import costs
+
 __all__ = [
     "SERVED_NAME",
     "VllmServer",
@@ -178,6 +180,7 @@ def vllm_server(
     ]  # fmt: skip
     log = work / "vllm.log"
     started = time.monotonic()
+    costs.record("vllm-local")
     with log.open("wb") as log_fh:
         # Its own session, so stop() signals vLLM and the processes it forks together.
         proc = subprocess.Popen(argv, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
