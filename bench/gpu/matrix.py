@@ -50,7 +50,20 @@ MODELS = {
     "14b-awq": "Qwen1.5-14B-Chat-AWQ",
     "32b": "Qwen1.5-32B-Chat",
     "32b-gptq": "Qwen1.5-32B-Chat-GPTQ-Int4",
+    # H200 group (cases_h200): MoE and Qwen3 dense
+    "q3moe": "Qwen3-30B-A3B",
+    "q3moe-awq": "Qwen3-30B-A3B-AWQ",
+    "q3moe-gptq": "Qwen3-30B-A3B-GPTQ-Int4",
+    "q3moe-fp8": "Qwen3-30B-A3B-FP8",
+    "q15moe": "Qwen1.5-MoE-A2.7B-Chat",
+    "q15moe-gptq": "Qwen1.5-MoE-A2.7B-Chat-GPTQ-Int4",
+    "q3-8b": "Qwen3-8B",
+    "q3-4b": "Qwen3-4B",
 }
+
+# The lent kind since 2026-12-02: one H200 (torch total 150,109,880,320 B = 139.80 GiB).
+H200_TORCH_BYTES = 150_109_880_320
+T4_UTIL_H200 = round(0.95 * T4_TORCH_BYTES / H200_TORCH_BYTES, 5)
 
 
 def _case(cid: str, model: str, flags: dict, *, probe: bool = False, note: str = "") -> dict:
@@ -117,18 +130,60 @@ def cases() -> list[dict]:
     return out
 
 
-def main() -> None:
-    data = {
-        "about": "Rendered by bench/gpu/matrix.py through the vllm_service role's vllm_argv filter; run by "
-        "bench/gpu/run_matrix.py on the device machine.",
-        "h100_torch_bytes": H100_TORCH_BYTES,
-        "t4_torch_bytes": T4_TORCH_BYTES,
-        "t4_util": T4_UTIL,
-        "cases": cases(),
-    }
-    path = Path(__file__).with_name("matrix.json")
+def cases_h200() -> list[dict]:
+    """MoE Qwen (Qwen3-30B-A3B fp16/AWQ/GPTQ/FP8, Qwen1.5-MoE-A2.7B) and Qwen3 dense on one H200,
+    in priority order; the T4 budget is T4_UTIL_H200 of the H200 with the T4 batch defaults."""
+    eager = {"enforce-eager": True}
+    t4 = {"gpu-memory-utilization": T4_UTIL_H200, **T4_BATCH, **eager}
+    u09 = {"gpu-memory-utilization": 0.9, **eager}
+    return [
+        _case("h200-q3moe-util0.9-eager", "q3moe", u09),
+        _case("h200-q3moe-awq-util0.9-eager", "q3moe-awq", u09),
+        _case("h200-q3moe-gptq-util0.9-eager", "q3moe-gptq", u09),
+        _case(
+            "h200-q3moe-awq-util0.15-len8192-eager",
+            "q3moe-awq",
+            {"gpu-memory-utilization": 0.15, **T4_BATCH, "max-model-len": 8192, **eager},
+            note="a small budget that starts: KV numbers at a small budget",
+        ),
+        _case("t4-q3moe-awq-eager", "q3moe-awq", t4),
+        _case("h200-q15moe-util0.9-eager", "q15moe", u09),
+        _case("t4-q15moe-gptq-eager-len8192", "q15moe-gptq", {**t4, "max-model-len": 8192}),
+        _case("t4-q3-8b-eager", "q3-8b", t4),
+        _case("t4-q3-4b-eager-len8192", "q3-4b", {**t4, "max-model-len": 8192}),
+        _case("h200-q3moe-fp8-util0.9-eager", "q3moe-fp8", u09),
+        _case("h200-q3moe-awq-util0.9-graphs", "q3moe-awq", {"gpu-memory-utilization": 0.9}),
+    ]
+
+
+def write(name: str, about: str, gpu_key: str, gpu_bytes: int, util: float, rendered: list[dict]) -> None:
+    data = {"about": about, gpu_key: gpu_bytes, "t4_torch_bytes": T4_TORCH_BYTES, "t4_util": util, "cases": rendered}
+    path = Path(__file__).with_name(name)
     path.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"{len(data['cases'])} cases -> {path} (T4 budget = util {T4_UTIL} of the H100)")
+    print(f"{len(rendered)} cases -> {path} (T4 budget = util {util} of the {gpu_key.split('_')[0].upper()})")
+
+
+def main() -> None:
+    if "--h200" in sys.argv[1:]:
+        write(
+            "matrix-h200.json",
+            "Rendered by bench/gpu/matrix.py --h200 through the vllm_service role's vllm_argv filter; run by "
+            "bench/gpu/run_matrix.py --matrix bench/gpu/matrix-h200.json on the device machine (one H200).",
+            "h200_torch_bytes",
+            H200_TORCH_BYTES,
+            T4_UTIL_H200,
+            cases_h200(),
+        )
+        return
+    write(
+        "matrix.json",
+        "Rendered by bench/gpu/matrix.py through the vllm_service role's vllm_argv filter; run by "
+        "bench/gpu/run_matrix.py on the device machine.",
+        "h100_torch_bytes",
+        H100_TORCH_BYTES,
+        T4_UTIL,
+        cases(),
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,19 @@ PATTERNS = {
     "initial_free_gib": (r"Initial free memory: ([\d.]+) GiB", float),
     "total_memory_gib": (r"total_memory=([\d.]+)GiB", float),
     "max_num_batched_tokens": (r"max_num_batched_tokens=(\d+)", int),
-    "linear_kernel": (r"Using (\w+) for (?:AutoGPTQLinearMethod|AutoAWQMarlinLinearMethod|\w+LinearMethod)", str),
+    "linear_kernel": (
+        r"(?:Using|Selected) (\w+) for (?:AutoGPTQLinearMethod|AutoAWQMarlinLinearMethod|\w+LinearMethod)",
+        str,
+    ),
     "attention_backend": (r"Using (\w+) attention backend", str),
+    # MoE kernels (vLLM 0.26 fused_moe/oracle/*): "Using 'marlin' WNA16 MoE backend.",
+    # "Using TRITON Fp8 MoE backend out of ...", "Using TritonExperts MoE backend" (unquantized)
+    "moe_method": (r"(Using \S+ (?:\w+ )?MoE backend)", str),
+    "moe_fallback": (r"(Falling back to Moe WNA16 kernels)", str),
+    # V1 gpu_model_runner (Qwen3-MoE in 0.26) charges its graph estimate before sizing the KV cache
+    "cudagraph_estimate_gib": (r"Estimated CUDA graph memory: (-?[\d.]+) GiB total", float),
+    "torch_compile_s": (r"torch\.compile took ([\d.]+) s in total", float),
+    "model_runner": (r"(Using V2 Model Runner|v1/worker/gpu_model_runner\.py)", str),
 }
 REFUSALS = (
     "No available memory for the cache blocks",
@@ -93,11 +104,25 @@ def parse_log(text: str) -> dict:
     return out
 
 
+def gptq_moe_modules(config: dict) -> list[list[str]]:
+    """What AutoGPTQ/optimum quantize in a MoE block (and vLLM would read from the safetensors):
+    attention, the shared expert (Qwen2-MoE) and every expert; the router `mlp.gate` and
+    `shared_expert_gate` stay fp16. vLLM 0.26 quantizes RoutedExperts whatever this list says
+    (auto_gptq.get_quant_method) and checks it only for linear layers."""
+    n = int(config["num_experts"])
+    out = [GPTQ_MODULES[0], GPTQ_MODULES[1]]
+    if config.get("shared_expert_intermediate_size"):
+        out += [["mlp.shared_expert.up_proj", "mlp.shared_expert.gate_proj"], ["mlp.shared_expert.down_proj"]]
+    out += [[f"mlp.experts.{i}.{p}" for p in ("up_proj", "gate_proj") for i in range(n)]]
+    out += [[f"mlp.experts.{i}.down_proj" for i in range(n)]]
+    return out
+
+
 def model_dir(name: str, root: Path) -> Path:
     config = json.loads((CONFIGS / name / "config.json").read_text())
     q = config.get("quantization_config")
     if q and q.get("quant_method") == "gptq" and not q.get("modules_in_block_to_quantize"):
-        q["modules_in_block_to_quantize"] = GPTQ_MODULES
+        q["modules_in_block_to_quantize"] = gptq_moe_modules(config) if config.get("num_experts") else GPTQ_MODULES
     d = root / name
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(config, indent=1))
@@ -203,6 +228,7 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=0, help="epoch seconds; overrides --budget")
     ap.add_argument("--state", default="/root/gpu-truth-state.json", help="cumulative results across calls")
     ap.add_argument("--case-timeout", type=float, default=240)
+    ap.add_argument("--min-left", type=float, default=60, help="seconds; no case starts with less left")
     ap.add_argument("--logs", default="/root/gpu-truth-logs", help="per-case logs; tarred into OUT/logs.tar.gz")
     ap.add_argument("--models", default="/root/gpu-truth-models")
     ap.add_argument("--reparse", metavar="RESULTS_JSON", help="HERE: re-read --logs into a results.json; run nothing")
@@ -241,7 +267,7 @@ def main() -> int:
         env_info["nvidia_smi"] = str(e)
     for i, case in enumerate(cases):
         left = args.budget - (time.time() - t_start)
-        if left < 60:
+        if left < args.min_left:
             print(f"budget reached: {len(cases) - i} cases not run, from {case['id']}", flush=True)
             break
         r = run_case(case, Path(args.models), logs, 8100 + len(results), min(args.case_timeout, left - 5))

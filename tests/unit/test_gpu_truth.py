@@ -169,3 +169,59 @@ def test_quantized_layers_really_were_quantized():
         if row["vllm"] == "accept" and ("GPTQ" in row["config"] or "AWQ" in row["config"]):
             methods = {layer["method"] for layer in row["layers"].values() if isinstance(layer, dict)}
             assert methods <= {"AutoGPTQLinearMethod", "AutoAWQMarlinLinearMethod"}, (row["config"], methods)
+
+
+# --- MoE and Qwen3 on an H200 (issue 13: tests/data/gpu/measured-h200.json) --------------------
+
+H200 = json.loads((DATA / "measured-h200.json").read_text())
+H200_CASES = H200["cases"]
+H200_STARTED = [c for c in H200_CASES if c["measured"].get("kv_tokens")]
+H200_REFUSED = [c for c in H200_CASES if c["measured"].get("error")]
+
+
+def _plan_h200(case):
+    facts = load_model_dir(str(ROOT / "model_configs" / "qwen" / case["model"]), name=case["model"])
+    return plan_memory(facts, H200["gpu"], vllm_version=H200["vllm_version"], **kwargs_from_flags(case["flags"]))
+
+
+def test_the_h200_table_covers_moe_fp16_awq_gptq_fp8_qwen3_dense_and_t4_budgets():
+    models = {c["model"] for c in H200_CASES}
+    assert {"Qwen3-30B-A3B", "Qwen3-30B-A3B-AWQ", "Qwen3-30B-A3B-GPTQ-Int4", "Qwen3-30B-A3B-FP8"} <= models
+    assert {"Qwen1.5-MoE-A2.7B-Chat", "Qwen1.5-MoE-A2.7B-Chat-GPTQ-Int4", "Qwen3-8B", "Qwen3-4B"} <= models
+    assert H200["gpu"]["memory_bytes"] == 150_109_880_320 and H200["vllm_version"] == "0.26.0"
+    assert any(c["flags"]["gpu-memory-utilization"] < 0.1 for c in H200_STARTED)  # a T4's budget, started
+    assert H200_REFUSED and all("No available memory" in c["measured"]["error"] for c in H200_REFUSED)
+
+
+@pytest.mark.parametrize("case", H200_CASES, ids=_ids(H200_CASES))
+def test_h200_argv_is_what_the_role_renders(case):
+    assert case["argv"][7:] == to_argv(normalize(case["flags"]))
+
+
+@pytest.mark.parametrize("case", H200_CASES, ids=_ids(H200_CASES))
+def test_h200_weights_and_kv_cache_within_5_percent(case):
+    plan, measured = _plan_h200(case), case["measured"]
+    assert _within(plan.weights_gib_per_gpu, measured["weights_gib"]), (plan.weights_gib_per_gpu, measured)
+    assert _within(plan.kv_cache_gib, measured["kv_gib"]), (plan.kv_cache_gib, measured)
+
+
+@pytest.mark.parametrize("case", H200_STARTED, ids=_ids(H200_STARTED))
+def test_h200_started_cases_fit_with_kv_tokens_within_5_percent(case):
+    plan = _plan_h200(case)
+    assert plan.fits, plan.problems
+    assert _within(plan.kv_tokens, case["measured"]["kv_tokens"]), (plan.kv_tokens, case["measured"])
+
+
+@pytest.mark.parametrize("case", H200_REFUSED, ids=_ids(H200_REFUSED))
+def test_h200_refusals_are_predicted_in_vllms_words(case):
+    plan = _plan_h200(case)
+    assert not plan.fits and case["measured"]["error"] in plan.problems[0]["message"]
+
+
+def test_moe_kernels_vllm_used_are_the_ones_the_rules_assume():
+    """Marlin took the 4-bit experts (no WNA16 fallback at tp 1: 768 is whole groups) and Triton
+    the fp16 and FP8 ones, as rules.py and planner.moe_kernel_bytes assume on cc 9.0."""
+    kernels = {c["model"]: c["measured"].get("moe_method", "") for c in H200_CASES}
+    assert "MARLIN" in kernels["Qwen3-30B-A3B-AWQ"] and "MARLIN" in kernels["Qwen3-30B-A3B-GPTQ-Int4"]
+    assert "TRITON" in kernels["Qwen3-30B-A3B"] and "TRITON" in kernels["Qwen3-30B-A3B-FP8"]
+    assert not any(c["measured"].get("moe_fallback") for c in H200_CASES)

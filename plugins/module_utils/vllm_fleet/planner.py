@@ -71,6 +71,18 @@ MLP_HIDDEN_FACTOR = 4
 # shows only about one half-precision copy at once, so this is a fit, not a derivation.
 LOGIT_BYTES_PER_ELEMENT = 2.0
 
+# vLLM 0.26 runs MoE models on its V1 model runner unless the architecture is listed in
+# DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES (vllm/config/vllm.py _is_default_v2_model_runner_model:
+# Qwen2MoeForCausalLM is, Qwen3MoeForCausalLM is not); 0.32 runs every model here on V2. The V1
+# runner's sampler warm-up (v1/worker/gpu_model_runner.py _dummy_sampler_run: top_k = vocab - 1
+# and top_p 0.9, i.e. a full sort of every row) holds about 20 bytes per logit element: fp32
+# logits, the sorted copy, int64 sort indices and fp32 probabilities. Fitted: Qwen3-30B-A3B on an
+# H200 (tests/data/gpu/measured-h200.json), torch peak 2.68 GiB with 1024 rows and 0.75 GiB with
+# 256 rows of 151936 logits give 18.3 and 20.5 B; 19.4 is within 6 % of both.
+V1_RUNNER_LOGIT_BYTES_PER_ELEMENT = 19.4
+V1_RUNNER_MOE_UNTIL = "0.32.0"
+V2_RUNNER_MOE_ARCHITECTURES_026 = ("Qwen2MoeForCausalLM",)
+
 # CUDA-graph memory vLLM estimates before sizing the KV cache (gpu_model_runner
 # profile_cudagraph_memory: first capture + per-graph increment x graphs; counted since v0.21,
 # VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1). Fitted to the one measurement we have: H100 7B fp16
@@ -389,6 +401,15 @@ def lora_bytes(
     return int((stage * per_layer + vocab) * max_loras * rank * dtype_bytes)
 
 
+def uses_v1_runner(facts: ModelFacts, vllm_version: str) -> bool:
+    """Whether vLLM runs this model on its V1 model runner (see V1_RUNNER_LOGIT_BYTES_PER_ELEMENT)."""
+    return (
+        facts.is_moe
+        and version_tuple(vllm_version) < version_tuple(V1_RUNNER_MOE_UNTIL)
+        and facts.architecture not in V2_RUNNER_MOE_ARCHITECTURES_026
+    )
+
+
 def activation_bytes(
     facts: ModelFacts,
     tp: int,
@@ -397,6 +418,7 @@ def activation_bytes(
     dtype_bytes: int = 2,
     last_stage: bool = True,
     expert_parallel: bool = False,
+    v1_runner: bool = False,
 ) -> int:
     """torch peak increase of vLLM's profiling run on one rank (see the constants above).
 
@@ -418,7 +440,8 @@ def activation_bytes(
     if last_stage:
         rows = min(max_num_seqs, max_num_batched_tokens)
         v_pad = _cdiv(facts.vocab_size, VOCAB_PADDING) * VOCAB_PADDING
-        sampler = t * h * dtype_bytes + rows * v_pad * LOGIT_BYTES_PER_ELEMENT
+        per_logit = V1_RUNNER_LOGIT_BYTES_PER_ELEMENT if v1_runner else LOGIT_BYTES_PER_ELEMENT
+        sampler = t * h * dtype_bytes + rows * v_pad * per_logit
     return int(max(forward, sampler))
 
 
@@ -534,7 +557,9 @@ def plan_memory(
     )
     weights -= offloaded_bytes(facts, tp, pp, dtype_bytes, ep, cpu_offload_gb)
     weights += lora_bytes(facts, tp, pp, dtype_bytes, max_loras, max_lora_rank, ep)
-    activation = activation_bytes(facts, tp, tokens, seqs, dtype_bytes, expert_parallel=ep)
+    activation = activation_bytes(
+        facts, tp, tokens, seqs, dtype_bytes, expert_parallel=ep, v1_runner=uses_v1_runner(facts, vllm_version)
+    )
     graphs_counted = not enforce_eager and version_tuple(vllm_version) >= (0, 21)
     graphs = cuda_graph_bytes(facts, pp, seqs, tokens) if not enforce_eager else 0
     available = requested - weights - activation - NON_TORCH_BYTES - (graphs if graphs_counted else 0)
