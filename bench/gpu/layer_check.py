@@ -162,6 +162,9 @@ def main() -> int:
         for src in sorted(base.iterdir()):
             if not (src / "config.json").is_file():
                 continue
+            # It builds qwen2.py's layers: Qwen3 (q/k norms) and MoE checkpoints are not that layout.
+            if json.loads((src / "config.json").read_text()).get("architectures") != ["Qwen2ForCausalLM"]:
+                continue
             mdir = prepare(src, work)
             for gpu, cc in GPUS.items():
                 for tp in [int(t) for t in args.tp.split(",")]:
