@@ -84,6 +84,32 @@ def test_moe_pipeline_stages_each_hold_the_vocabulary():
     assert pp_partition(48, 5) == [9, 10, 10, 10, 9]  # vLLM's get_pp_indices
 
 
+def test_the_plan_says_how_experts_land_on_each_gpu():
+    sliced = check(shipped("Qwen3-30B-A3B-AWQ"), ["T4"] * 2, {"tensor-parallel-size": 2})
+    assert sliced["moe"] == {
+        "experts": 128,
+        "active_per_token": 8,
+        "sparse_layers": 48,
+        "expert_parallel": False,
+        "experts_per_gpu": 128,
+        "expert_width_per_gpu": 384,
+    }
+    whole = check(shipped("Qwen3-30B-A3B-AWQ"), ["T4"] * 2, {"tensor-parallel-size": 2, "enable-expert-parallel": True})
+    assert (whole["moe"]["experts_per_gpu"], whole["moe"]["expert_width_per_gpu"]) == (64, 768)
+    assert "64 x 768 wide" in format_plan(whole)
+    assert check(shipped("Qwen2.5-7B-Instruct-AWQ"), ["T4"], {})["moe"] is None
+
+
+def test_mixed_dense_and_sparse_layers_are_summed_layer_by_layer():
+    base = qwen3_moe_config(layers=8)
+    all_sparse = facts_from_config(base)
+    mixed = facts_from_config({**base, "mlp_only_layers": [0, 2, 4, 6]})
+    all_dense = facts_from_config({**base, "mlp_only_layers": list(range(8))})
+    for fn in (lambda f: weight_bytes_per_rank(f, pp=2), lambda f: lora_bytes(f, 1, 2, 2, 2, 8)):
+        low, high = sorted((fn(all_dense), fn(all_sparse)))
+        assert low < fn(mixed) < high
+
+
 def test_sparse_layers_follow_mlp_only_layers_and_the_sparse_step():
     config = {**qwen3_moe_config(layers=8), "mlp_only_layers": [0], "decoder_sparse_step": 2}
     facts = facts_from_config(config)

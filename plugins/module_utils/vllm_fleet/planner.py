@@ -221,6 +221,21 @@ def pp_partition(num_layers: int, pp: int) -> list[int]:
     return parts
 
 
+def stage_layer_kinds(facts: ModelFacts, pp: int) -> list[tuple[int, int]]:
+    """(sparse, dense) layer counts of each pipeline stage, in vLLM's split (pp_partition)."""
+    out, first = [], 0
+    for count in pp_partition(facts.num_hidden_layers, pp):
+        sparse = sum(facts.is_sparse_layer(i) for i in range(first, first + count))
+        out.append((sparse, count - sparse))
+        first += count
+    return out
+
+
+def busiest_stage(facts: ModelFacts, pp: int, sparse: float, dense: float) -> float:
+    """The largest per-stage sum of a per-layer quantity that differs for sparse and dense layers."""
+    return max(s * sparse + d * dense for s, d in stage_layer_kinds(facts, pp))
+
+
 def local_experts(facts: ModelFacts, ep: int) -> int:
     """Experts on the busiest rank when ``ep`` ranks split them (fused_moe/layer.py
     determine_expert_map: num_experts // ep each, one more on the first num_experts % ep ranks)."""
@@ -255,11 +270,7 @@ def weight_bytes_per_rank(
     v_pad = _cdiv(facts.vocab_size, VOCAB_PADDING * tp) * VOCAB_PADDING * tp
     embed_rank = v_pad // tp * facts.hidden_size * ckpt_dtype_bytes
     lm_head_rank = embed_rank if (not facts.tie_word_embeddings or pp > 1) else 0
-    stages, first = [], 0
-    for count in pp_partition(facts.num_hidden_layers, pp):
-        layers = range(first, first + count)
-        stages.append(sum(sparse if facts.is_sparse_layer(i) else dense for i in layers))
-        first += count
+    stages = [n_sparse * sparse + n_dense * dense for n_sparse, n_dense in stage_layer_kinds(facts, pp)]
     arch = architecture(facts.architecture)
     if arch and arch.ends_on_every_stage:
         stages = [st + embed_rank + lm_head_rank + parts.final_norm for st in stages]
@@ -301,9 +312,7 @@ def kernel_repack_bytes(
     groups = lambda shapes: sum(_cdiv(k, group(k)) * n for k, n in shapes)  # noqa: E731
     dense = groups(attention + mlp(facts.intermediate_size))
     sparse = groups(attention + mlp(facts.shared_expert_intermediate_size))
-    layers = max(pp_partition(facts.num_hidden_layers, pp))
-    per_layer = sparse if facts.sparse_layers else dense  # the published MoE models are sparse throughout
-    return extra + int(per_layer * layers / tp * (dtype_bytes - q.bits / 8))
+    return extra + int(busiest_stage(facts, pp, sparse, dense) / tp * (dtype_bytes - q.bits / 8))
 
 
 def _lcm(a: int, b: int) -> int:
@@ -328,7 +337,7 @@ def moe_kernel_bytes(
     parts = weight_parts(facts)
     width = facts.moe_intermediate_size if expert_parallel else facts.moe_intermediate_size // tp
     experts = local_experts(facts, tp) if expert_parallel else facts.num_experts
-    layers = facts.sparse_layers * max(pp_partition(facts.num_hidden_layers, pp)) / facts.num_hidden_layers
+    layers = busiest_stage(facts, pp, 1, 0)  # sparse layers on the busiest stage
     h = facts.hidden_size
     if q.method in ("awq", "gptq") and q.bits == 4 and width:
         group = q.group_size if q.group_size > 0 else width
@@ -394,11 +403,9 @@ def lora_bytes(
     sparse = attention + experts * (3 * h + 3 * width) + h + facts.num_experts
     if facts.shared_expert_intermediate_size:
         sparse += 3 * h + 3 * facts.shared_expert_intermediate_size / tp
-    stage = max(pp_partition(facts.num_hidden_layers, pp))
-    per_layer = sparse if facts.sparse_layers else dense  # the published MoE models are sparse throughout
     arch = architecture(facts.architecture)
     vocab = 2 * facts.vocab_size + 2 * h if arch and arch.lora_wraps_vocab else 0
-    return int((stage * per_layer + vocab) * max_loras * rank * dtype_bytes)
+    return int((busiest_stage(facts, pp, sparse, dense) + vocab) * max_loras * rank * dtype_bytes)
 
 
 def uses_v1_runner(facts: ModelFacts, vllm_version: str) -> bool:

@@ -8,7 +8,7 @@ memory numbers come from planner.plan_memory.
 Plan keys: verdict ("ok"/"refused"), model, gpus, gpu_name, tp, pp, dtype (effective),
 quantization, weights_gib (per GPU), kv_cache_gib, kv_tokens, max_model_len,
 max_model_len_fit, errors / warnings ([{rule, message, fix}]), translated_flags, argv,
-vllm_version, weights_source.
+vllm_version, weights_source, moe (None for a dense model).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from . import old_flags, quantization, rules
 from .gpus import UnknownGPUError, has_bf16, resolve, usable_bytes
 from .model_facts import DTYPE_BYTES, ModelConfigError, ModelFacts, weight_bytes
-from .planner import GIB, plan_memory
+from .planner import GIB, local_experts, plan_memory
 from .serve_args import ServeArgsError, normalize, to_argv
 from .versions import DEFAULT_VLLM_VERSION
 
@@ -201,6 +201,22 @@ def check(
         "argv": to_argv(translated),
         "vllm_version": vllm_version,
         "weights_source": model_facts.weight_bytes_source,
+        "moe": _moe_summary(model_facts, tp, bool(translated.get("enable-expert-parallel"))),
+    }
+
+
+def _moe_summary(facts: ModelFacts, tp: int, expert_parallel: bool) -> dict | None:
+    """How a mixture-of-experts model's experts land on each GPU (None for a dense model)."""
+    if not facts.is_moe:
+        return None
+    return {
+        "experts": facts.num_experts,
+        "active_per_token": facts.num_experts_per_tok,
+        "sparse_layers": facts.sparse_layers,
+        "expert_parallel": expert_parallel,
+        # Whole experts on the busiest GPU with expert parallel; else a 1/tp slice of every expert.
+        "experts_per_gpu": local_experts(facts, tp) if expert_parallel else facts.num_experts,
+        "expert_width_per_gpu": facts.moe_intermediate_size if expert_parallel else facts.moe_intermediate_size // tp,
     }
 
 
@@ -306,6 +322,14 @@ def format_plan(plan: dict) -> str:
         f"  KV cache {num(plan.get('kv_cache_gib'), ' GiB')} = {num(plan.get('kv_tokens'))} tokens"
         f"  max safe --max-model-len {num(plan.get('max_model_len_fit'))}",
     ]
+    moe = plan.get("moe")
+    if moe:
+        split = "whole experts (expert parallel)" if moe["expert_parallel"] else "a slice of every expert"
+        lines.append(
+            f"  MoE: {moe['experts']} experts, {moe['active_per_token']} active per token, in "
+            f"{moe['sparse_layers']} layers; each GPU holds {split}: {moe['experts_per_gpu']} x "
+            f"{moe['expert_width_per_gpu']} wide"
+        )
     for e in plan.get("errors") or []:
         lines += [f"  ERROR [{e['rule']}] {e['message']}", f"    fix: {e['fix']}"]
     for w in plan.get("warnings") or []:
