@@ -34,8 +34,9 @@ class ModelIdError(ModelConfigError):
 
 
 def looks_local(model: str) -> bool:
-    """A model named as a filesystem path (absolute, ./, ../, ~): never sent to the hub."""
-    return model.startswith(("/", "./", "../", "~", ".")) or model in (".", "..") or os.path.exists(model)
+    """A model named as a filesystem path (absolute, ./, ../, ~, or one that exists): never sent to
+    the hub. Hub names never start with "." (REPO_ID)."""
+    return model.startswith(("/", ".", "~")) or os.path.exists(model)
 
 
 def validate_repo_id(model: str) -> None:

@@ -171,8 +171,8 @@ def mlp_widths(f: ModelFacts, ep: bool = False) -> list[tuple[str, int]]:
 
 def _linear_mlps(f: ModelFacts) -> list[tuple[str, int]]:
     """The MLPs built of linear layers (the dense MLP, the shared expert); routed experts are one
-    FusedMoE layer with rules of its own (the moe-* rows)."""
-    return [(name, width) for name, width in mlp_widths(f, ep=True)]
+    FusedMoE layer with rules of its own (the moe-* rows), so they are left out as under ep."""
+    return mlp_widths(f, ep=True)
 
 
 def _row_parallel_inputs(f: ModelFacts) -> list[tuple[str, int]]:
@@ -415,9 +415,11 @@ def _wna16_group(case: Case) -> int | None:
     f, q = case.facts, _quant(case)
     if not f.sparse_layers or q is None or q.method not in ("gptq", "awq"):
         return None
-    width, group = expert_slice(case), q.group_size if q.group_size > 0 else f.hidden_size
-    if f.hidden_size % 128 == 0 and width % group == 0:
+    width, group = expert_slice(case), q.group_size
+    if f.hidden_size % 128 == 0 and (group <= 0 or width % group == 0):
         return None
+    if group <= 0:
+        return group  # channelwise: moe_wna16 has no group to halve and its assert fails
     while group > 1 and (width % group or f.hidden_size % group):
         group //= 2
     return group
