@@ -202,6 +202,11 @@ CASES = {
         case(facts=qwen(2560, 9728, heads=32, kv=8, quant=FP8_BLOCK), tp=8),
         "not a multiple of the weight block 128",
     ),
+    "unquantized-modules-unmodeled": (
+        case(facts=moe(replace(AWQ, modules_not_converted=("model.layers.0.mlp.gate", "lm_head")))),
+        case(facts=moe(replace(AWQ, modules_not_converted=("model.layers.0.self_attn",)))),
+        "safetensors headers give the real bytes",
+    ),
     "gpus-enough": (case(gpus=["T4", "T4"], tp=2), case(gpus=["T4"], tp=2), "2 GPUs"),
     "gpus-all-used": (case(gpus=["T4"], tp=1), case(gpus=["T4", "T4"], tp=1), "tensor-parallel-size"),
     "max-model-len-supported": (

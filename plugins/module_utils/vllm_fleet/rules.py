@@ -624,6 +624,19 @@ def check_online_quant_capability(case: Case) -> list[dict]:
     return []
 
 
+# Modules the weight estimate already keeps in 16 bits (the router, the shared expert's gate, the
+# LM head, the embeddings): a checkpoint that lists only these changes nothing.
+UNQUANTIZED_BY_LAYOUT = ("gate", "shared_expert_gate", "lm_head", "embed_tokens")
+
+
+def check_unquantized_modules(case: Case) -> list[dict]:
+    q, f = _quant(case), case.facts
+    if q is None or not q.modules_not_converted or f.weight_bytes is not None:
+        return []  # safetensors headers give the real bytes, whatever is left unquantized
+    other = [m for m in q.modules_not_converted if m.rsplit(".", 1)[-1] not in UNQUANTIZED_BY_LAYOUT]
+    return [{"modules": ", ".join(other[:4]) + (" ..." if len(other) > 4 else "")}] if other else []
+
+
 def check_architecture_supported(case: Case) -> list[dict]:
     arch = case.facts.architecture
     if case.vllm_version != vllm_architectures.VERSION or arch in vllm_architectures.SUPPORTED:
@@ -1020,6 +1033,20 @@ RULES: tuple[Rule, ...] = (
         "vLLM refuses at start ('... is not divisible by weight quantization block')",
         "use a smaller tp, or an fp16/bf16 checkpoint",
         check_fp8_linear_block,
+    ),
+    Rule(
+        "unquantized-modules-unmodeled",
+        "model",
+        "A quantized checkpoint that leaves modules other than the router and the LM head unquantized "
+        "(modules_to_not_convert), planned without its safetensors sizes.",
+        "vLLM builds those layers in 16 bits (quantization/utils/quant_utils.py is_layer_skipped); the "
+        "shape estimate counts them as quantized unless the real bytes are known.",
+        (Q + "utils/quant_utils.py",),
+        "the checkpoint leaves {modules} unquantized, which the weight estimate from config shapes does not "
+        "model (no safetensors sizes known): the weights may be larger than planned",
+        "plan from the model directory or the hub (safetensors headers give the real bytes)",
+        check_unquantized_modules,
+        severity="warning",
     ),
     Rule(
         "gpus-enough",
