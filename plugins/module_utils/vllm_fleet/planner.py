@@ -365,19 +365,17 @@ def moe_workspace_bytes(facts: ModelFacts, tokens: int, slice_width: int, dtype_
     return int(tokens * k * (max(slice_width, h) + max(2 * slice_width, h)) * dtype_bytes)
 
 
-def offloaded_bytes(
-    facts: ModelFacts, tp: int, pp: int, dtype_bytes: int, expert_parallel: bool, cpu_offload_gb: float
-) -> int:
+def offloaded_bytes(facts: ModelFacts, tp: int, rank_weights: int, cpu_offload_gb: float) -> int:
     """Weight bytes --cpu-offload-gb keeps in CPU memory instead of on each GPU: parameters of the
     decoder layers are moved whole until the budget is reached (model_executor/models/utils.py
     maybe_offload_to_cpu, called by make_layers), so at most the decoder layers' bytes; the
-    overshoot of one parameter past the budget is ignored (< 1 layer's largest matrix)."""
+    overshoot of one parameter past the budget is ignored (< 1 layer's largest matrix).
+    ``rank_weights``: weight_bytes_per_rank's figure for the busiest rank."""
     if cpu_offload_gb <= 0:
         return 0
     parts = weight_parts(facts)
-    stage_total = weight_bytes_per_rank(facts, tp, pp, dtype_bytes, expert_parallel)
     ends = (parts.embed + parts.lm_head) / tp
-    return int(min(cpu_offload_gb * GIB, max(stage_total - ends, 0)))
+    return int(min(cpu_offload_gb * GIB, max(rank_weights - ends, 0)))
 
 
 def lora_bytes(
@@ -559,10 +557,9 @@ def plan_memory(
     problems: list[dict] = []
     requested = math.ceil(total * gpu_memory_utilization)
     ep = expert_parallel and facts.is_moe
-    weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes, ep) + kernel_repack_bytes(
-        facts, gpu, tp, pp, dtype_bytes
-    )
-    weights -= offloaded_bytes(facts, tp, pp, dtype_bytes, ep, cpu_offload_gb)
+    rank_weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes, ep)
+    weights = rank_weights + kernel_repack_bytes(facts, gpu, tp, pp, dtype_bytes, ep)
+    weights -= offloaded_bytes(facts, tp, rank_weights, cpu_offload_gb)
     weights += lora_bytes(facts, tp, pp, dtype_bytes, max_loras, max_lora_rank, ep)
     activation = activation_bytes(
         facts, tp, tokens, seqs, dtype_bytes, expert_parallel=ep, v1_runner=uses_v1_runner(facts, vllm_version)
