@@ -222,3 +222,16 @@ def test_check_stays_under_100_ms_a_model_in_process(capsys):
     per_model = (time.perf_counter() - start) / len(models)
     capsys.readouterr()
     assert per_model < 0.1, f"{per_model * 1000:.0f} ms a model over {len(models)} models"
+
+
+def test_expert_parallel_reaches_the_moe_kernel_bytes():
+    """FP8 experts on a T4 run on Marlin: whole 768-wide experts need no padding, 192-wide slices do."""
+    from vllm_fleet.planner import kernel_repack_bytes
+
+    facts = shipped("Qwen3-30B-A3B-FP8")
+    plan = plan_memory(facts, T4, tp=4, expert_parallel=True, max_model_len=4096)
+    expected = weight_bytes_per_rank(facts, tp=4, expert_parallel=True) + kernel_repack_bytes(
+        facts, T4, tp=4, expert_parallel=True
+    )
+    assert plan.weights_gib_per_gpu == round(expected / GIB, 2)
+    assert kernel_repack_bytes(facts, T4, tp=4, expert_parallel=True) < kernel_repack_bytes(facts, T4, tp=4)
