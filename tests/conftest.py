@@ -23,6 +23,32 @@ def pytest_configure(config):
         config._vllm_fleet_cost_log = path
 
 
+SHARED_VLLM = "shared_vllm"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that use the shared vLLM servers (tests/support/fixtures.py) run one after the
+    other, where the first of them was, each file keeping its own order; the servers stop after
+    the last of them, not at the end of the session (each holds ~3.3 GB while the rollout and
+    molecule tests run)."""
+    users = [item for item in items if SHARED_VLLM in getattr(item, "fixturenames", ())]
+    if not users:
+        return
+    first = items.index(users[0])
+    rest = [item for item in items if item not in users]
+    items[:] = rest[:first] + users + rest[first:]
+    config._vllm_fleet_last_shared_vllm_user = users[-1].nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if item.nodeid == getattr(item.config, "_vllm_fleet_last_shared_vllm_user", None):
+        shared = getattr(item.config, "_vllm_fleet_shared_vllm", None)
+        if shared is not None:
+            shared.close()
+
+
 def pytest_terminal_summary(terminalreporter):
     """Per test file: ansible-playbook runs, molecule scenarios, vLLM starts (docs/test-support.md)."""
     path = os.environ.get(costs.ENV)

@@ -30,6 +30,15 @@ def vllm_argv(flags):
         raise AnsibleFilterError(str(e)) from e
 
 
+def vllm_serve_argv(model, bin_dir, models_root, bind_address):
+    """The argv a model's unit runs: `<env>/bin/vllm serve <models_root>/<model>/<revision> --host ...
+    --port ... <flags>`. One definition for the unit (roles/vllm_service) and for the parser check
+    that runs when the environment is built (roles/vllm_runtime), so both judge the same line."""
+    model_dir = f"{models_root}/{model['model']}/{model['revision']}"
+    where = ["--host", str(bind_address), "--port", str(model["port"])]
+    return [f"{bin_dir}/vllm", "serve", model_dir, *where, *vllm_argv(model.get("flags"))]
+
+
 def _cell(value, unit=""):
     return "-" if value is None else f"{value}{unit}"
 
@@ -58,6 +67,7 @@ class FilterModule:
     def filters(self):
         return {
             "vllm_argv": vllm_argv,
+            "vllm_serve_argv": vllm_serve_argv,
             "vllm_plan_row": vllm_plan_row,
             "vllm_plan_problems": vllm_plan_problems,
             "vllm_plan_problem_line": vllm_plan_problem_line,

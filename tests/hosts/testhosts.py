@@ -229,7 +229,9 @@ def _wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> str:
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
-        if not _nspawn_pids(host.name):
+        # Looked at twice: one scan of /proc was seen to miss a running nspawn (the first boot on
+        # a fresh machine, right after the base rootfs was built), failing a host that was up.
+        if not _nspawn_pids(host.name) and (time.sleep(0.5) or not _nspawn_pids(host.name)):
             raise RuntimeError(f"{host.name}: systemd-nspawn exited; see {host_dir(host.name)}/console.log")
         try:
             result = ssh(host, "systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
@@ -379,8 +381,11 @@ def _record_vllm_starts(host: Host | None) -> None:
     """Count the vLLM unit starts this host's journal saw (tests/support/costs.py), before it goes."""
     if host is None or not os.environ.get(costs.ENV):
         return
-    # systemd logs "Started vllm-<name>.service ..." (the unit's Description follows) per start.
-    done = ssh(host, "journalctl -o cat --no-pager _PID=1 | grep -c '^Started vllm-' || true", check=False, timeout=20)
+    # systemd logs "Started vllm-<name>.service - vLLM <name> (...)" per start: the Description the
+    # role writes (vllm.service.j2) tells a vLLM unit from other units named vllm-* (the test hosts'
+    # own vllm-fleet-hello.service counted as four vLLM starts before).
+    count = "journalctl -o cat --no-pager _PID=1 | grep -cE '^Started vllm-.* - vLLM ' || true"
+    done = ssh(host, count, check=False, timeout=20)
     if done.returncode == 0 and done.stdout.strip().isdigit():
         costs.record("vllm-host", int(done.stdout.strip()))
 

@@ -81,6 +81,15 @@ def unit_state(host) -> dict[str, str]:
     return {"unit_sha256": out[0], **dict(line.split("=", 1) for line in out[1:] if "=" in line)}
 
 
+def task_lines(output: str, task: str) -> set[str]:
+    """The per-host result lines ("ok: [vf1]", "skipping: [vf2]", ...) ansible printed under a task,
+    in every batch that ran it."""
+    sections = [part.split("\nTASK [", 1)[0] for part in output.split(f"TASK [{task}")[1:]]
+    return {
+        f"{status}: [{host}]" for part in sections for status, host in re.findall(r"^(\w+): \[([^\]]+)\]", part, re.M)
+    }
+
+
 def request(host, path: str, body: dict, api_key: str | None = API_KEY) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if api_key:
@@ -114,6 +123,14 @@ def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deploye
     # The probe printed its answers and the engine's own start-up report for each host.
     probed = output.count('"chat: ') == len(fleet.hosts) and output.count("KV cache tokens") == len(fleet.hosts)
     assert probed, output[-4000:]
+    # One import of vLLM per host (issue 21): the process that proved the new environment also
+    # checked the units' command lines, so the service role's parser check ran on no host.
+    assert task_lines(output, "vllm_runtime : Prove the environment imports vLLM") == {
+        f"ok: [{h.name}]" for h in fleet.hosts
+    }, output[-4000:]
+    assert task_lines(output, "vllm_service : Check each changed command line") == {
+        f"skipping: [{h.name}]" for h in fleet.hosts
+    }, output[-4000:]
     for host in fleet.hosts:
         assert unit_state(host)["ActiveState"] == "active"
         status, body = request(

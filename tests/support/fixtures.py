@@ -7,6 +7,10 @@ Register them once, in tests/conftest.py:
 Fixtures:
     tiny_model_dir        (session) the normal tiny model, generated once
     newline_model_dir     (session) the newline-only variant
+    shared_vllm           (session) real `vllm serve` of the tiny models, one per variant, keyed
+                          and started on first use, shared by every test that only asks them
+                          (test_probe_real_vllm.py, test_vllm_tiny_model.py); tests/conftest.py
+                          runs those tests together and stops the servers after the last of them
     hub_root              (function) an empty hub root, ROOT/<owner>/<name>/<revision>/...
     hub_server            (function) a StandInHub serving hub_root on 127.0.0.1, started and
                           stopped around the test; hub_server.url, .requests, fault injection
@@ -19,7 +23,9 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import secrets
 import socket
 
 import modelscope_hub.config
@@ -27,6 +33,7 @@ import pytest
 
 from tests.support.hub import StandInHub
 from tests.support.tiny_model import make_tiny_model
+from tests.support.vllm_server import VllmServer, vllm_server, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +44,45 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def newline_model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model-newline"), variant="newline")
+
+
+class SharedVllm:
+    """One `vllm serve` per tiny-model variant for the whole session (each start is a minute or more
+    of both cores here): tests that only send requests share it instead of starting their own."""
+
+    def __init__(self, model_dirs: dict, work_root):
+        self.model_dirs = model_dirs
+        self.work_root = work_root
+        self.servers: dict[str, VllmServer] = {}
+        self._stack = contextlib.ExitStack()
+
+    def server(self, variant: str, health_timeout_s: float | None = None) -> VllmServer:
+        """The variant's server, started now if it is not running (not waited for, unless
+        health_timeout_s is given: a test that measures the health wait must be the first user)."""
+        if variant not in self.servers:
+            work = self.work_root / f"shared-vllm-{variant}"
+            work.mkdir(exist_ok=True)
+            cm = vllm_server(self.model_dirs[variant], work, api_key=secrets.token_urlsafe(24))
+            self.servers[variant] = self._stack.enter_context(cm)
+        server = self.servers[variant]
+        if health_timeout_s is not None:
+            wait_healthy(server, health_timeout_s)
+        return server
+
+    def close(self) -> None:
+        """Stop every server (idempotent)."""
+        self._stack.close()
+        self.servers.clear()
+
+
+@pytest.fixture(scope="session")
+def shared_vllm(request, tiny_model_dir, newline_model_dir, tmp_path_factory):
+    shared = SharedVllm({"normal": tiny_model_dir, "newline": newline_model_dir}, tmp_path_factory.mktemp("vllm"))
+    request.config._vllm_fleet_shared_vllm = shared  # tests/conftest.py stops it after its last user
+    try:
+        yield shared
+    finally:
+        shared.close()
 
 
 @pytest.fixture

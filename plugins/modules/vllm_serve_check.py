@@ -1,0 +1,174 @@
+#!/usr/bin/python
+"""Ansible module: prove an environment imports vLLM on the expected platform, and parse `vllm serve`
+command lines with that vLLM's own parser, in one process (one import of vLLM and torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+---
+module: vllm_serve_check
+short_description: Prove a vLLM environment and check `vllm serve` command lines with its own parser
+description:
+  - Runs with the Python of the environment under test (set C(ansible_python_interpreter) to it).
+    One child process of that Python imports vLLM once, checks the platform it detects, then parses
+    each command line in O(argvs) with the parser and C(validate()) of that vLLM's C(vllm serve).
+    Nothing is loaded, no model, no GPU, no network.
+  - One import serves the environment's proof and every command line (importing vLLM and torch
+    costs 10-15 s on a small host; two separate processes paid it twice per cold deploy).
+  - A command line vLLM would refuse fails the task with vLLM's own message, so a flag the pinned
+    vLLM does not know fails the play before a unit is written.
+  - Read-only; supports check mode (it does the same checks).
+options:
+  argvs:
+    description:
+      - Command lines to check, each a whole argv as the unit runs it (C(/path/bin/vllm serve MODEL
+        --flag ...)); the program name is ignored.
+    type: list
+    elements: list
+    default: []
+  expect_device:
+    description: The platform vLLM must detect (C(cuda), C(cpu)); not checked when omitted.
+    type: str
+  fail_on_refusal:
+    description:
+      - Fail the task on the first command line vLLM refuses (the default). When false, the refused
+        lines are returned in RV(refused) and the task fails only if vLLM does not import or detects
+        another platform (the environment itself is not good).
+    type: bool
+    default: true
+author: vllm-fleet
+"""
+
+EXAMPLES = r"""
+- name: Prove the environment and check the units' command lines
+  vllm_serve_check:
+    expect_device: cpu
+    argvs:
+      - [/opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/vllm, serve, /var/lib/vllm-fleet/models/q/v1, --dtype, half]
+  vars:
+    ansible_python_interpreter: /opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/python
+"""
+
+RETURN = r"""
+version:
+  description: vllm.__version__ of the environment.
+  returned: always
+  type: str
+device:
+  description: The platform vLLM detected (current_platform.device_type).
+  returned: always
+  type: str
+checked:
+  description: How many command lines were parsed and accepted.
+  returned: always
+  type: int
+refused:
+  description: The command lines vLLM refused, each with its reason in vLLM's words (C(argv), C(reason)).
+  returned: when fail_on_refusal is false
+  type: list
+  elements: dict
+"""
+
+
+# The check runs in a child process of the same interpreter: torch cannot be imported inside an
+# Ansible module process (ansible-core patches sys.intern with an object, and torch's dynamo refuses
+# it: "substitute_in_graph expects a function but got ...SysInternPatch"). One import still serves
+# the proof and every command line. It reads {"argvs": [...]} on stdin and writes its verdicts, as
+# JSON, to the file named by its first argument; what vLLM logs goes to its stdout and stderr.
+CHECKER = r"""
+import argparse, json, sys
+
+def build_parser():
+    # `vllm serve`'s parser, as vLLM's own CLI builds it (vllm/entrypoints/cli/main.py).
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    parser = FlexibleArgumentParser(prog="vllm")
+    subparsers = parser.add_subparsers(dest="subcommand", required=True)
+    command = ServeSubcommand()
+    command.subparser_init(subparsers)
+    return parser, command
+
+class Refused(Exception):
+    pass
+
+def error(self, message):
+    raise Refused(message)
+
+# The top parser and the `serve` subparser alike (this process only parses).
+argparse.ArgumentParser.error = error
+
+def refusal(parser, command, argv):
+    # argparse reports a bad flag through error(), which prints and exits: take its message instead.
+    try:
+        command.validate(parser.parse_args(argv))
+    except Refused as exc:
+        return f"vllm: error: {exc}"
+    except (ValueError, TypeError, argparse.ArgumentError) as exc:
+        return f"vllm serve would refuse these arguments: {exc}"
+    return None
+
+request = json.load(sys.stdin)
+import vllm
+from vllm.platforms import current_platform
+parser, command = build_parser()
+verdicts = [refusal(parser, command, argv[1:]) for argv in request["argvs"]]
+with open(sys.argv[1], "w") as out:
+    json.dump({"version": vllm.__version__, "device": current_platform.device_type, "verdicts": verdicts}, out)
+"""
+
+
+def last_lines(text: str, n: int) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "argvs": {"type": "list", "elements": "list", "default": []},
+            "expect_device": {"type": "str"},
+            "fail_on_refusal": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    argvs = [[str(a) for a in argv] for argv in module.params["argvs"]]
+    for argv in argvs:
+        if len(argv) < 3 or argv[1] != "serve":
+            module.fail_json(msg=f"not a `vllm serve MODEL ...` command line: {argv}")
+
+    with tempfile.TemporaryDirectory(prefix="vllm-serve-check-") as work:
+        verdict_path = os.path.join(work, "verdicts.json")
+        rc, out, err = module.run_command(
+            [sys.executable, "-c", CHECKER, verdict_path], data=json.dumps({"argvs": argvs}), binary_data=True
+        )
+        result = None
+        if rc == 0 and os.path.isfile(verdict_path):
+            with open(verdict_path) as handle:
+                result = json.load(handle)
+    if result is None:
+        module.fail_json(
+            msg=f"the environment does not import vLLM (exit {rc}): {last_lines(err or out, 1)}",
+            rc=rc,
+            output=last_lines(out + err, 30),
+        )
+    version, device = result["version"], result["device"]
+    expected = module.params["expect_device"]
+    if expected and device != expected:
+        module.fail_json(
+            msg=f"vLLM {version} detects the platform {device!r}, not {expected!r}", version=version, device=device
+        )
+    refused = [{"argv": argv, "reason": why} for argv, why in zip(argvs, result["verdicts"], strict=True) if why]
+    if refused and module.params["fail_on_refusal"]:
+        module.fail_json(msg=refused[0]["reason"], argv=refused[0]["argv"], version=version, device=device)
+    extra = {} if module.params["fail_on_refusal"] else {"refused": refused}
+    module.exit_json(changed=False, version=version, device=device, checked=len(argvs) - len(refused), **extra)
+
+
+if __name__ == "__main__":
+    main()
