@@ -110,8 +110,8 @@ def refusal(parser, command, argv):
         command.validate(parser.parse_args(argv))
     except Refused as exc:
         return f"vllm: error: {exc}"
-    except (ValueError, TypeError, argparse.ArgumentError) as exc:
-        return f"vllm serve would refuse these arguments: {exc}"
+    except Exception as exc:  # validate() is vLLM's code: whatever it raises refuses the line
+        return f"vllm serve would refuse these arguments: {type(exc).__name__}: {exc}"
     return None
 
 request = json.load(sys.stdin)
