@@ -224,14 +224,22 @@ def _start(name: str, root: Path) -> int:
     return proc.pid
 
 
+def _nspawn_gone(name: str) -> bool:
+    """No nspawn for this host, in two scans half a second apart: one scan of /proc was seen to miss
+    a running nspawn (the first boot on a fresh machine, right after the base rootfs was built),
+    failing a host that was up."""
+    if _nspawn_pids(name):
+        return False
+    time.sleep(0.5)
+    return not _nspawn_pids(name)
+
+
 def _wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> str:
     """Wait for SSH, then for systemd to finish booting; return its verdict."""
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
-        # Looked at twice: one scan of /proc was seen to miss a running nspawn (the first boot on
-        # a fresh machine, right after the base rootfs was built), failing a host that was up.
-        if not _nspawn_pids(host.name) and (time.sleep(0.5) or not _nspawn_pids(host.name)):
+        if _nspawn_gone(host.name):
             raise RuntimeError(f"{host.name}: systemd-nspawn exited; see {host_dir(host.name)}/console.log")
         try:
             result = ssh(host, "systemctl", "is-system-running", "--wait", check=False, timeout=timeout)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.tiny_model import DEFAULT_MAX_NEW_TOKENS
-from tests.support.vllm_server import SERVED_NAME, vllm_argv
+from tests.support.vllm_server import SERVED_NAME
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -53,8 +53,8 @@ def http_json(url: str, body: dict | None = None, api_key: str = "", timeout: fl
 
 
 def running_vllm(shared_vllm, variant: str) -> TinyServer:
-    """The session's `vllm serve` of the tiny model `variant`, waited for."""
-    vllm_argv()  # skip (fail under CI) with the reason when there is no vLLM to run
+    """The session's `vllm serve` of the tiny model `variant`, waited for (without a vLLM to run,
+    starting it skips, or fails under CI, with the reason: tests/support/vllm_server.py)."""
     started = time.monotonic()
     server = shared_vllm.server(variant, health_timeout_s=HEALTH_TIMEOUT_S)
     print(f"\n[vllm {variant}] /health 200, waited {time.monotonic() - started:.1f} s")
