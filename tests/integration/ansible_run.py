@@ -33,6 +33,27 @@ class AnsibleResult:
         return {host: counts["changed"] for host, counts in self.recap().items()}
 
 
+def task_lines(output: str, task: str) -> set[str]:
+    """The per-host result lines ("ok: [vf1]", "skipping: [vf2]", ...) ansible printed under every
+    task whose name starts with `task` ("role : name" for a role's task), in every batch that ran it."""
+    sections = [part.split("\nTASK [", 1)[0] for part in output.split(f"TASK [{task}")[1:]]
+    return {
+        f"{status}: [{host}]" for part in sections for status, host in re.findall(r"^(\w+): \[([^\]]+)\]", part, re.M)
+    }
+
+
+def task_lines_between(output: str, task: str, after: str, before: str) -> set[str]:
+    """task_lines() of `task` where it ran after the task `after` and before the task `before`, in
+    each play (each batch of a serial play) that ran both."""
+    found: set[str] = set()
+    for play in output.split("\nPLAY [")[1:]:
+        start = play.find(f"TASK [{after}")
+        end = play.find(f"TASK [{before}", start)
+        if start >= 0 and end > start:
+            found |= task_lines(play[start:end], task)
+    return found
+
+
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

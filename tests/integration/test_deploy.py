@@ -40,6 +40,8 @@ class Fleet:
         self.hosts = hosts
         self.hub = hub
         self.outputs: list[str] = []
+        # Hosts whose environment a run before `deployed` built and kept (the refused-flag test).
+        self.built_before: set[str] = set()
 
     def env(self) -> dict[str, str]:
         port = self.hub.url.rsplit(":", 1)[1]
@@ -81,15 +83,6 @@ def unit_state(host) -> dict[str, str]:
     return {"unit_sha256": out[0], **dict(line.split("=", 1) for line in out[1:] if "=" in line)}
 
 
-def task_lines(output: str, task: str) -> set[str]:
-    """The per-host result lines ("ok: [vf1]", "skipping: [vf2]", ...) ansible printed under a task,
-    in every batch that ran it."""
-    sections = [part.split("\nTASK [", 1)[0] for part in output.split(f"TASK [{task}")[1:]]
-    return {
-        f"{status}: [{host}]" for part in sections for status, host in re.findall(r"^(\w+): \[([^\]]+)\]", part, re.M)
-    }
-
-
 def request(host, path: str, body: dict, api_key: str | None = API_KEY) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if api_key:
@@ -117,20 +110,70 @@ def test_check_mode_on_bare_hosts_plans_everything_and_changes_nothing(fleet):
         assert testhosts.ssh(host, "id", "vllm", check=False).returncode != 0
 
 
+def test_a_refused_flag_on_a_cold_host_fails_in_vllms_words_keeps_the_environment_and_stops_the_unit(fleet):
+    # Runs before `deployed`, on a bare host. A cold host has no unit to protect: its new unit starts
+    # while the proof of the new environment runs (issue 21), and the proof's verdict still decides.
+    host = fleet.hosts[0]
+    typo = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], **{"max-num-seqs-typo": 4}))
+    # Preflight would refuse the typo first; skip it to prove the host-side parser stops it.
+    result = fleet.play("site.yml", "--skip-tags", "preflight", "--limit", host.name, models=[typo])
+    output = result.output
+    assert result.returncode != 0
+    assert "vllm: error: unrecognized arguments: --max-num-seqs-typo 4" in output, output[-4000:]
+    # The unit had started before the verdict came; the refusal stopped and disabled it.
+    started = output.index("TASK [vllm_service : Ensure each model's unit is enabled and started]")
+    assert started < output.index("TASK [vllm_runtime : Wait for the proof of the new environment"), output[-6000:]
+    assert "TASK [Stop the new units, which started before the proof refused them]" in output
+    state = testhosts.ssh(host, "systemctl is-active vllm-tiny; systemctl is-enabled vllm-tiny", check=False)
+    assert state.stdout.split() == ["inactive", "disabled"], state.stdout
+    # The rollout summary names the parser's verdict, not the task that reported it.
+    assert re.search(r"the change failed \(vllm: error: unrecognized arguments", output), output[-4000:]
+    # The proven environment is recorded: the fixed flag (the `deployed` run next) costs no rebuild.
+    record = testhosts.ssh(host, "cat /opt/vllm-fleet/envs/vllm-0.32.0-cpu/.vllm-fleet-install.json").stdout
+    assert json.loads(record)["version"] == "0.32.0"
+    fleet.built_before.add(host.name)
+
+
+def test_a_later_failure_while_the_proof_runs_reports_the_proofs_verdict_first(fleet):
+    # Runs before `deployed`, on the other bare host: the weights download fails (a revision the hub
+    # does not have) while the new environment's proof, in the background, refuses the typo. The
+    # environment's error comes first in the rollout summary, as it did when the proof ran first.
+    host = fleet.hosts[1]
+    broken = dict(TINY_MODEL, revision="v9-not-on-the-hub", flags=dict(TINY_MODEL["flags"], **{"max-num-seqs-typo": 4}))
+    result = fleet.play("site.yml", "--skip-tags", "preflight", "--limit", host.name, models=[broken])
+    output = result.output
+    assert result.returncode != 0
+    # The first thing that failed on the host was the download (the task heading above it).
+    first = min(i for i in (output.find(f"fatal: [{host.name}]"), output.find(f"failed: [{host.name}]")) if i >= 0)
+    failed_task = output[:first].rsplit("TASK [", 1)[1].split("]", 1)[0]
+    assert failed_task.startswith("model_weights : Ensure each model's pinned revision"), output[-4000:]
+    assert re.search(r"the change failed \(vllm: error: unrecognized arguments: --max-num-seqs-typo 4", output), output[
+        -4000:
+    ]
+    # No unit was written; the proven environment is kept.
+    assert testhosts.ssh(host, f"test -e {UNIT}", check=False).returncode != 0
+    record = testhosts.ssh(host, "cat /opt/vllm-fleet/envs/vllm-0.32.0-cpu/.vllm-fleet-install.json").stdout
+    assert json.loads(record)["version"] == "0.32.0"
+    fleet.built_before.add(host.name)
+
+
 def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deployed):
     output = deployed.output
     assert all(counts["failed"] == 0 for counts in deployed.recap().values()), output[-4000:]
     # The probe printed its answers and the engine's own start-up report for each host.
     probed = output.count('"chat: ') == len(fleet.hosts) and output.count("KV cache tokens") == len(fleet.hosts)
     assert probed, output[-4000:]
-    # One import of vLLM per host (issue 21): the process that proved the new environment also
-    # checked the units' command lines, so the service role's parser check ran on no host.
-    assert task_lines(output, "vllm_runtime : Prove the environment imports vLLM") == {
-        f"ok: [{h.name}]" for h in fleet.hosts
+    # One import of vLLM per host (issue 21). A host whose environment a failed run built and proved
+    # (the two tests above) is not rebuilt: the service role's parser check of its unit's line is
+    # that import. On a cold host (this test alone) the proof's process checks the line, and runs
+    # while the unit starts (test_rollout.py's first deployment checks that order on three hosts).
+    built, cold = fleet.built_before, {h.name for h in fleet.hosts} - fleet.built_before
+    assert ansible_run.task_lines(output, "vllm_runtime : Start proving the environment") == {
+        f"ok: [{n}]" for n in cold
     }, output[-4000:]
-    assert task_lines(output, "vllm_service : Check each changed command line") == {
-        f"skipping: [{h.name}]" for h in fleet.hosts
-    }, output[-4000:]
+    assert ansible_run.task_lines(output, "vllm_service : Check each changed command line") == {
+        f"skipping: [{n}]" for n in cold
+    } | {f"ok: [{n}]" for n in built}, output[-4000:]
     for host in fleet.hosts:
         assert unit_state(host)["ActiveState"] == "active"
         status, body = request(

@@ -192,6 +192,32 @@ def test_first_deployment_is_kept_as_the_last_good_state(fleet, converged):
         record = json.loads(testhosts.ssh(host, f"cat {STATE}/current/record.json").stdout)
         assert record["model"]["revision"] == "v1" and record["env_dir"].endswith("vllm-0.32.0-cpu")
     assert "VLLM-FLEET ROLLOUT SUMMARY" in converged.output
+    # A cold deploy imports vLLM once per host, and that import overlaps vLLM's start (issue 21,
+    # docs/rollout.md): the proof of the new environment, which also checks the unit's command line,
+    # starts in the background; the units start; the proof is heard before the probe. The service
+    # role's parser check does not run.
+    every = {h.name for h in fleet.hosts}
+    output = converged.output
+    assert ansible_run.task_lines(output, "vllm_runtime : Start proving the environment") == {
+        f"ok: [{n}]" for n in every
+    }
+    heard = ansible_run.task_lines_between(
+        output,
+        "vllm_runtime : Wait for the proof",
+        "vllm_service : Ensure each model's unit is enabled and started",
+        "vllm_probe : Wait for /health",
+    )
+    assert heard == {f"ok: [{n}]" for n in every}, output[-6000:]
+    heard_before_the_units = ansible_run.task_lines_between(
+        output,
+        "vllm_runtime : Wait for the proof",
+        "vllm_runtime : Start proving the environment",
+        "vllm_service : Ensure each model's unit is enabled and started",
+    )
+    assert not {line for line in heard_before_the_units if line.startswith("ok:")}, output[-6000:]
+    assert ansible_run.task_lines(output, "vllm_service : Check each changed command line") == {
+        f"skipping: [{n}]" for n in every
+    }
 
 
 def test_a_good_change_rolls_through_in_batches_while_clients_are_served(fleet, converged):
