@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 
@@ -39,6 +41,26 @@ def vllm_serve_argv(model, bin_dir, models_root, bind_address):
     return [f"{bin_dir}/vllm", "serve", model_dir, *where, *vllm_argv(model.get("flags"))]
 
 
+def vllm_argv_shape_id(argv):
+    """The identity of what vLLM's parser judges in a `vllm serve` argv: a sha256 of the argv with
+    its model directory (the positional after `serve`) left out. argparse takes the positional as
+    a string and neither the parser nor validate() opens it (vllm/entrypoints/cli/serve.py,
+    vllm/entrypoints/launchers/cli_args.py validate_parsed_serve_args), so two lines of one shape get
+    one verdict: a new revision of a model, whose line differs only there, is not parsed again
+    (roles/vllm_service/tasks/present.yml)."""
+    argv = list(argv)
+    if len(argv) < 3 or argv[1] != "serve":
+        raise AnsibleFilterError(f"vllm_argv_shape_id expects [<bin>/vllm, serve, MODEL_DIR, ...], got {argv[:3]}")
+    shape = [argv[0], "serve", *argv[3:]]
+    return hashlib.sha256(json.dumps(shape, separators=(",", ":")).encode()).hexdigest()
+
+
+def vllm_argvs_not_accepted(argvs, accepted_ids):
+    """The argvs whose shape (vllm_argv_shape_id) is not among the ids a parser accepted before."""
+    accepted = set(accepted_ids or [])
+    return [argv for argv in argvs if vllm_argv_shape_id(argv) not in accepted]
+
+
 def _cell(value, unit=""):
     return "-" if value is None else f"{value}{unit}"
 
@@ -68,6 +90,8 @@ class FilterModule:
         return {
             "vllm_argv": vllm_argv,
             "vllm_serve_argv": vllm_serve_argv,
+            "vllm_argv_shape_id": vllm_argv_shape_id,
+            "vllm_argvs_not_accepted": vllm_argvs_not_accepted,
             "vllm_plan_row": vllm_plan_row,
             "vllm_plan_problems": vllm_plan_problems,
             "vllm_plan_problem_line": vllm_plan_problem_line,

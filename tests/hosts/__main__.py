@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     create = sub.add_parser("create", help="ensure N hosts run (idempotent)", parents=[common])
     create.add_argument("count", type=int)
     create.add_argument("--first", type=int, default=1, help="number of the first host (vf<first>); default 1")
+    create.add_argument(
+        "--seed", type=Path, default=None, help="a seed layer (tests/hosts/seed.py) the new hosts boot with"
+    )
     sub.add_parser("list", help="the running hosts", parents=[common])
     destroy = sub.add_parser("destroy", help="stop and remove hosts (all without names)", parents=[common])
     destroy.add_argument("names", nargs="*")
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "create":
         started = time.monotonic()
-        hosts = testhosts.create(args.count, args.inventory, first=args.first)
+        hosts = testhosts.create(args.count, args.inventory, first=args.first, seed=args.seed)
         print(f"{len(hosts)} host(s) ready in {time.monotonic() - started:.1f} s; inventory: {args.inventory}")
     elif args.command == "list":
         for host in testhosts.list_hosts():

@@ -163,7 +163,8 @@ def _prune_stale_bases(state_dir: Path, keep: Path) -> None:
     """Remove base layers of older cache keys that no running host still mounts."""
     mounts = Path("/proc/self/mounts").read_text()
     for stale in state_dir.glob("base-*"):
-        if stale != keep and f"lowerdir={stale}/" not in mounts:
+        # A base is the last lower layer: behind a seed layer it follows a ":" (tests/hosts/seed.py).
+        if stale != keep and f"lowerdir={stale}/" not in mounts and f":{stale}/" not in mounts:
             shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -32,6 +32,7 @@ import yaml
 from tests.support import costs
 
 from . import rootfs
+from . import seed as seeds
 
 PREFIX = "vf"
 SUBNET = "10.77"
@@ -50,6 +51,7 @@ class Host:
     controller_address: str  # this machine's address, reachable from the host
     pid: int  # the supervisor that runs systemd-nspawn (and reruns it on reboot)
     inventory: str = ""  # the inventory file that lists it (each caller's hosts stay apart)
+    seed: str = ""  # a layer between its own and the base (tests/hosts/seed.py), if any
 
     @property
     def netns(self) -> str:
@@ -136,8 +138,10 @@ def _teardown_network(name: str) -> None:
 # ---------------------------------------------------------------- filesystem
 
 
-def _mount_root(name: str, base: Path) -> Path:
+def _mount_root(name: str, base: Path, seed_layer: Path | None = None) -> Path:
     hdir = host_dir(name)
+    # The leftmost lower layer is the top one: the seed's files hide the base's.
+    lower = f"{seed_layer}:{base}" if seed_layer else str(base)
     upper, work, merged = hdir / "upper", hdir / "work", hdir / "root"
     for path in (upper, work, merged):
         path.mkdir(parents=True, exist_ok=True)
@@ -149,7 +153,7 @@ def _mount_root(name: str, base: Path) -> Path:
                 "overlay",
                 f"vllm-fleet-{name}",
                 "-o",
-                f"lowerdir={base},upperdir={upper},workdir={work}",
+                f"lowerdir={lower},upperdir={upper},workdir={work}",
                 str(merged),
             ]
         )
@@ -319,10 +323,13 @@ def _listed_in(inventory: Path) -> list[Host]:
     return [h for h in list_hosts() if h.inventory == str(inventory)]
 
 
-def create(count: int, inventory: Path | None = DEFAULT_INVENTORY, log=print, first: int = 1) -> list[Host]:
-    """Ensure hosts vf<first>..vf<first+count-1> run; idempotent (running hosts are kept as they are)."""
+def create(
+    count: int, inventory: Path | None = DEFAULT_INVENTORY, log=print, first: int = 1, seed: Path | None = None
+) -> list[Host]:
+    """Ensure hosts vf<first>..vf<first+count-1> run; idempotent (running hosts are kept as they are).
+    With `seed` (a layer made by tests/hosts/seed.py), a new host boots with its files already there."""
     with _state_lock():
-        return _create(count, inventory, log, first)
+        return _create(count, inventory, log, first, seed)
 
 
 def destroy(names: list[str] | None = None, inventory: Path | None = DEFAULT_INVENTORY, log=print) -> None:
@@ -331,13 +338,15 @@ def destroy(names: list[str] | None = None, inventory: Path | None = DEFAULT_INV
         _destroy(names, inventory, log)
 
 
-def _create(count: int, inventory: Path | None, log, first: int) -> list[Host]:
+def _create(count: int, inventory: Path | None, log, first: int, seed_layer: Path | None = None) -> list[Host]:
     if os.geteuid() != 0:
         raise RuntimeError("test hosts need root (network namespaces, mounts, systemd-nspawn)")
     for tool in ("systemd-nspawn", "ip", "ssh"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is missing: run `make deps` (apt-get install systemd-container iproute2 …)")
     base = rootfs.ensure_base(STATE_DIR, log)
+    if seed_layer is not None and not Path(seed_layer).is_dir():
+        raise RuntimeError(f"seed layer {seed_layer} does not exist")
     ensure_key()
     state = _load_state()
     indices = range(first, first + count)
@@ -347,10 +356,12 @@ def _create(count: int, inventory: Path | None, log, first: int) -> list[Host]:
             continue
         t0 = time.monotonic()
         _setup_network(index)
-        root = _mount_root(name, base)
+        root = _mount_root(name, base, seed_layer)
         _personalize(root, name)
         pid = _start(name, root)
-        host = Host(name, index, f"{SUBNET}.{index}.2", f"{SUBNET}.{index}.1", pid, str(inventory or ""))
+        host = Host(
+            name, index, f"{SUBNET}.{index}.2", f"{SUBNET}.{index}.1", pid, str(inventory or ""), str(seed_layer or "")
+        )
         state[name] = host
         _save_state(state)
         # One boot at a time: two systemds setting up their cgroups at once on this machine's
@@ -369,6 +380,7 @@ def _create(count: int, inventory: Path | None, log, first: int) -> list[Host]:
 
 def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
     state = _load_state()
+    destroy_all = names is None
     if names is None:
         names = sorted(set(state) | set(_leftover_names()))
     for name in names:
@@ -381,6 +393,11 @@ def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
         state.pop(name, None)
         log(f"{name}: destroyed")
     _save_state(state)
+    if destroy_all:
+        # Seeds a crashed session left (their owner removes them otherwise), now that no host mounts them.
+        for leftover in seeds.existing(STATE_DIR):
+            if seeds.remove(leftover):
+                log(f"seed {leftover.name}: removed")
     if inventory is not None:
         write_inventory(_listed_in(inventory), inventory)
 
@@ -432,6 +449,7 @@ def leftovers() -> list[str]:
         found.extend(f"{name}: mount {point}" for point in _mounts_of(name))
         if host_dir(name).exists():
             found.append(f"{name}: directory {host_dir(name)}")
+    found.extend(f"seed layer {path}" for path in seeds.existing(STATE_DIR))
     found.extend(f"network namespace {n}" for n in _run(["ip", "netns", "list"]).stdout.split() if _is_host_name(n))
     links = _run(["ip", "-o", "link", "show"]).stdout
     found.extend(

@@ -110,7 +110,7 @@ def test_check_mode_on_bare_hosts_plans_everything_and_changes_nothing(fleet):
         assert testhosts.ssh(host, "id", "vllm", check=False).returncode != 0
 
 
-def test_a_refused_flag_on_a_cold_host_fails_in_vllms_words_keeps_the_environment_and_stops_the_unit(fleet):
+def test_a_refused_flag_on_a_cold_host_fails_in_vllms_words_keeps_the_environment_and_stops_the_unit(fleet, env_seed):
     # Runs before `deployed`, on a bare host. A cold host has no unit to protect: its new unit starts
     # while the proof of the new environment runs (issue 21), and the proof's verdict still decides.
     host = fleet.hosts[0]
@@ -132,6 +132,9 @@ def test_a_refused_flag_on_a_cold_host_fails_in_vllms_words_keeps_the_environmen
     record = testhosts.ssh(host, "cat /opt/vllm-fleet/envs/vllm-0.32.0-cpu/.vllm-fleet-install.json").stdout
     assert json.loads(record)["version"] == "0.32.0"
     fleet.built_before.add(host.name)
+    # This environment, built and proven by the role, is the session's seed for the hosts of tests
+    # that are not about building one (the rollout's, three molecule scenarios': tests/conftest.py).
+    env_seed.offer(host)
 
 
 def test_a_later_failure_while_the_proof_runs_reports_the_proofs_verdict_first(fleet):

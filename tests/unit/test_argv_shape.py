@@ -1,0 +1,55 @@
+"""The argv shape (plugins/filter/vllm_flags.py): what vLLM's parser judges in a unit's command line,
+so a new revision of a model is not parsed again (roles/vllm_service/tasks/present.yml)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+_PATH = Path(__file__).resolve().parents[2] / "plugins/filter/vllm_flags.py"
+_SPEC = importlib.util.spec_from_file_location("vllm_fleet_filter_vllm_flags", _PATH)
+vllm_flags = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(vllm_flags)
+
+BIN = "/opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin"
+ROOT = "/var/lib/vllm-fleet/models"
+
+
+def argv(revision="v1", port=8000, bin_dir=BIN, **flags):
+    model = {"model": "o/tiny", "revision": revision, "port": port, "flags": {"dtype": "bfloat16", **flags}}
+    return vllm_flags.vllm_serve_argv(model, bin_dir, ROOT, "0.0.0.0")
+
+
+def test_a_new_revision_has_the_shape_of_the_old_line():
+    assert argv("v1")[2] != argv("v2")[2]
+    assert vllm_flags.vllm_argv_shape_id(argv("v1")) == vllm_flags.vllm_argv_shape_id(argv("v2"))
+
+
+@pytest.mark.parametrize(
+    ("where", "flags"),
+    [
+        ({"port": 8001}, {}),
+        ({"bin_dir": "/opt/vllm-fleet/envs/vllm-0.33.0-cpu/bin"}, {}),
+        ({}, {"max-model-len": 512}),
+    ],
+    ids=["port", "environment", "flag"],
+)
+def test_anything_but_the_model_directory_is_another_shape(where, flags):
+    changed = argv("v1", **where, **flags)
+    assert vllm_flags.vllm_argv_shape_id(changed) != vllm_flags.vllm_argv_shape_id(argv("v1"))
+
+
+def test_only_lines_of_an_unaccepted_shape_are_left_to_check():
+    accepted = [vllm_flags.vllm_argv_shape_id(argv("v1"))]
+    typo = argv("v2", **{"max-num-seqs-typo": 4})
+    assert vllm_flags.vllm_argvs_not_accepted([argv("v2"), typo], accepted) == [typo]
+    assert vllm_flags.vllm_argvs_not_accepted([argv("v2")], []) == [argv("v2")]
+    assert vllm_flags.vllm_argvs_not_accepted([argv("v2")], None) == [argv("v2")]
+
+
+def test_a_line_that_is_not_vllm_serve_is_refused():
+    with pytest.raises(AnsibleFilterError, match="vllm_argv_shape_id expects"):
+        vllm_flags.vllm_argv_shape_id(["/bin/vllm", "bench", "x"])
