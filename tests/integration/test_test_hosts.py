@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.hosts import seed as seeds
 from tests.hosts import testhosts
 from tests.integration import ansible_run
 
@@ -62,3 +63,29 @@ def test_create_is_idempotent_and_destroy_leaves_nothing(test_hosts, tmp_path):
     assert not [line for line in testhosts.leftovers() if "vf9" in line]
     testhosts.destroy(["vf9"], inventory)  # destroying twice is fine
     assert "vf9" not in inventory.read_text()
+
+
+def test_a_seeded_host_boots_with_the_seeds_files_and_never_changes_them(test_hosts, tmp_path):
+    # tests/hosts/seed.py: files copied out of one host (with their parents' modes) are the lower
+    # layer of another; what the new host writes stays in its own layer.
+    source = test_hosts[0]
+    testhosts.ssh(
+        source, "mkdir -p -m 0750 /opt/seed-test/d && echo kept > /opt/seed-test/d/f && chmod 0600 /opt/seed-test/d/f"
+    )
+    dest = seeds.seeds_dir(testhosts.STATE_DIR) / f"test-{tmp_path.name}"
+    layer = seeds.harvest(testhosts.host_dir(source.name) / "root", ["/opt/seed-test/d"], dest)
+    inventory = tmp_path / "hosts.yml"
+    (host,) = testhosts.create(1, inventory, first=9, seed=layer)
+    try:
+        assert host.seed == str(layer)
+        seen = testhosts.ssh(host, "stat -c '%a %U' /opt/seed-test/d /opt/seed-test/d/f; cat /opt/seed-test/d/f").stdout
+        assert seen.split("\n")[:3] == ["750 root", "600 root", "kept"]
+        testhosts.ssh(host, "echo changed > /opt/seed-test/d/f && rm -r /opt/seed-test/d")
+        assert (layer / "opt/seed-test/d/f").read_text() == "kept\n"
+        assert not seeds.remove(dest), "a seed a running host mounts must stay"
+        assert f"seed layer {dest}" in testhosts.leftovers()
+    finally:
+        testhosts.destroy(["vf9"], inventory)
+    assert seeds.remove(dest) and not dest.exists()
+    # (The session's own seed, tests/conftest.py env_seed, may be there: only this one must be gone.)
+    assert not [line for line in testhosts.leftovers() if str(dest) in line]
