@@ -345,14 +345,22 @@ def _create(count: int, inventory: Path | None, log, first: int, seed_layer: Pat
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is missing: run `make deps` (apt-get install systemd-container iproute2 …)")
     base = rootfs.ensure_base(STATE_DIR, log)
-    if seed_layer is not None and not Path(seed_layer).is_dir():
-        raise RuntimeError(f"seed layer {seed_layer} does not exist")
+    if seed_layer is not None:
+        # Absolute: the mount options and seed.in_use() compare it as written.
+        seed_layer = Path(seed_layer).resolve()
+        if not seed_layer.is_dir():
+            raise RuntimeError(f"seed layer {seed_layer} does not exist")
     ensure_key()
     state = _load_state()
     indices = range(first, first + count)
     for index in indices:
         name = host_name(index)
         if name in state and _nspawn_pids(name):
+            if state[name].seed != str(seed_layer or ""):
+                raise RuntimeError(
+                    f"{name} runs already, booted with seed {state[name].seed or 'none'}, not "
+                    f"{seed_layer or 'none'}: destroy it first (python -m tests.hosts destroy {name})"
+                )
             continue
         t0 = time.monotonic()
         _setup_network(index)

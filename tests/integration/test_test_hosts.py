@@ -73,10 +73,11 @@ def test_a_seeded_host_boots_with_the_seeds_files_and_never_changes_them(test_ho
         source, "mkdir -p -m 0750 /opt/seed-test/d && echo kept > /opt/seed-test/d/f && chmod 0600 /opt/seed-test/d/f"
     )
     dest = seeds.seeds_dir(testhosts.STATE_DIR) / f"test-{tmp_path.name}"
-    layer = seeds.harvest(testhosts.host_dir(source.name) / "root", ["/opt/seed-test/d"], dest)
+    # The file alone: its parent directories are made again with their modes (cp -a --parents).
+    layer = seeds.harvest(testhosts.host_dir(source.name) / "root", ["/opt/seed-test/d/f"], dest)
     inventory = tmp_path / "hosts.yml"
-    (host,) = testhosts.create(1, inventory, first=9, seed=layer)
     try:
+        (host,) = testhosts.create(1, inventory, first=9, seed=layer)
         assert host.seed == str(layer)
         seen = testhosts.ssh(host, "stat -c '%a %U' /opt/seed-test/d /opt/seed-test/d/f; cat /opt/seed-test/d/f").stdout
         assert seen.split("\n")[:3] == ["750 root", "600 root", "kept"]
@@ -86,6 +87,7 @@ def test_a_seeded_host_boots_with_the_seeds_files_and_never_changes_them(test_ho
         assert f"seed layer {dest}" in testhosts.leftovers()
     finally:
         testhosts.destroy(["vf9"], inventory)
-    assert seeds.remove(dest) and not dest.exists()
+        removed = seeds.remove(dest)
+    assert removed and not dest.exists()
     # (The session's own seed, tests/conftest.py env_seed, may be there: only this one must be gone.)
     assert not [line for line in testhosts.leftovers() if str(dest) in line]
