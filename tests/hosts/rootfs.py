@@ -159,12 +159,24 @@ def ensure_tarball(log=print) -> Path:
     return target
 
 
+def lower_layers_in_use() -> set[Path]:
+    """Every lower layer of a mounted overlay (a running test host): the base, and a seed above it
+    (tests/hosts/seed.py), from the `lowerdir=a:b` option of each overlay in /proc/self/mounts."""
+    layers = set()
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[2] == "overlay":
+            for option in fields[3].split(","):
+                if option.startswith("lowerdir="):
+                    layers.update(Path(p) for p in option.removeprefix("lowerdir=").split(":"))
+    return layers
+
+
 def _prune_stale_bases(state_dir: Path, keep: Path) -> None:
     """Remove base layers of older cache keys that no running host still mounts."""
-    mounts = Path("/proc/self/mounts").read_text()
+    in_use = lower_layers_in_use()
     for stale in state_dir.glob("base-*"):
-        # A base is the last lower layer: behind a seed layer it follows a ":" (tests/hosts/seed.py).
-        if stale != keep and f"lowerdir={stale}/" not in mounts and f":{stale}/" not in mounts:
+        if stale != keep and stale / "root" not in in_use:
             shutil.rmtree(stale, ignore_errors=True)
 
 

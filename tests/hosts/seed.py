@@ -20,6 +20,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import rootfs
+
 SEEDS = "seeds"
 
 
@@ -58,8 +60,7 @@ def harvest(host_root: Path, paths: list[str], dest: Path) -> Path:
 
 def in_use(layer: Path) -> bool:
     """Whether a mounted overlay (a running host) has this layer among its lower layers."""
-    mounts = Path("/proc/self/mounts").read_text()
-    return f"lowerdir={layer}:" in mounts or f":{layer}:" in mounts
+    return layer in rootfs.lower_layers_in_use()
 
 
 def remove(dest: Path) -> bool:
