@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 
+import yaml
 from common import (
     CACHE,
     REPO_ROOT,
@@ -67,6 +68,13 @@ def curl(host, path: str, body: dict, api_key: str) -> bool:
         text=True,
     )
     return proc.returncode == 0
+
+
+def inventory_environment() -> str:
+    """The test hosts' own vLLM environment (inventories/local: vllm_service_environment), which
+    site.yml's units get too: the manual run starts vLLM with the same settings."""
+    group_vars = yaml.safe_load((REPO_ROOT / "inventories/local/group_vars/all.yml").read_text())
+    return " ".join(f"{k}={shlex.quote(str(v))}" for k, v in group_vars.get("vllm_service_environment", {}).items())
 
 
 def by_hand(host, hub_url: str, api_key: str, installer: str) -> tuple[float, dict]:
@@ -113,7 +121,7 @@ def by_hand(host, hub_url: str, api_key: str, installer: str) -> tuple[float, di
     # 4. vllm serve, in the background (the unit's flags and offline environment)
     env = (
         f"VLLM_CPU_KVCACHE_SPACE=1 VLLM_API_KEY={api_key} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
-        "VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1"
+        f"VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 {inventory_environment()}"
     )
     ssh(
         host,

@@ -129,6 +129,10 @@ class EnvSeed:
             if not (root / VLLM_ENV.lstrip("/") / ".vllm-fleet-install.json").is_file():
                 raise RuntimeError(f"{host.name} has no recorded environment at {VLLM_ENV} to seed from")
             self._layer = seeds.harvest(root, [VLLM_ENV], self.dest)
+            # The environment as the role built it, less the command line shapes its parser accepted
+            # on that host (module_utils/vllm_fleet/argv_shapes.py): a seeded host's first deployment
+            # parses its own line whichever test made the seed (test_rollout.py asserts it).
+            (self._layer / VLLM_ENV.lstrip("/") / ".vllm-fleet-accepted-argv-shapes.json").unlink(missing_ok=True)
 
     def layer(self) -> Path:
         if self._layer is None:

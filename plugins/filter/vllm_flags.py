@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 
@@ -15,6 +13,7 @@ _MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 if _MODULE_UTILS not in sys.path:
     sys.path.insert(0, _MODULE_UTILS)
 
+from vllm_fleet import argv_shapes  # noqa: E402
 from vllm_fleet.serve_args import ServeArgsError, normalize, to_argv  # noqa: E402
 
 
@@ -42,23 +41,26 @@ def vllm_serve_argv(model, bin_dir, models_root, bind_address):
 
 
 def vllm_argv_shape_id(argv):
-    """The identity of what vLLM's parser judges in a `vllm serve` argv: a sha256 of the argv with
-    its model directory (the positional after `serve`) left out. argparse takes the positional as
-    a string and neither the parser nor validate() opens it (vllm/entrypoints/cli/serve.py,
-    vllm/entrypoints/launchers/cli_args.py validate_parsed_serve_args), so two lines of one shape get
-    one verdict: a new revision of a model, whose line differs only there, is not parsed again
-    (roles/vllm_service/tasks/present.yml)."""
-    argv = list(argv)
-    if len(argv) < 3 or argv[1] != "serve":
-        raise AnsibleFilterError(f"vllm_argv_shape_id expects [<bin>/vllm, serve, MODEL_DIR, ...], got {argv[:3]}")
-    shape = [argv[0], "serve", *argv[3:]]
-    return hashlib.sha256(json.dumps(shape, separators=(",", ":")).encode()).hexdigest()
+    """The identity of what vLLM's parser judges in a `vllm serve` argv (module_utils argv_shapes:
+    a sha256 of the argv less its model directory): a new revision of a model, whose line differs
+    only there, is not parsed again (roles/vllm_service/tasks/present.yml)."""
+    try:
+        return argv_shapes.shape_id(argv)
+    except argv_shapes.ArgvShapeError as e:
+        raise AnsibleFilterError(f"vllm_argv_shape_id: {e}") from e
 
 
 def vllm_argvs_not_accepted(argvs, accepted_ids):
     """The argvs whose shape (vllm_argv_shape_id) is not among the ids a parser accepted before."""
-    accepted = set(accepted_ids or [])
-    return [argv for argv in argvs if vllm_argv_shape_id(argv) not in accepted]
+    try:
+        return argv_shapes.not_accepted(argvs, accepted_ids)
+    except argv_shapes.ArgvShapeError as e:
+        raise AnsibleFilterError(f"vllm_argvs_not_accepted: {e}") from e
+
+
+def vllm_accepted_shapes_file(env_dir):
+    """Where an environment keeps the argv shapes its parser accepted (vllm_serve_check writes it)."""
+    return argv_shapes.shapes_file(env_dir)
 
 
 def _cell(value, unit=""):
@@ -92,6 +94,7 @@ class FilterModule:
             "vllm_serve_argv": vllm_serve_argv,
             "vllm_argv_shape_id": vllm_argv_shape_id,
             "vllm_argvs_not_accepted": vllm_argvs_not_accepted,
+            "vllm_accepted_shapes_file": vllm_accepted_shapes_file,
             "vllm_plan_row": vllm_plan_row,
             "vllm_plan_problems": vllm_plan_problems,
             "vllm_plan_problem_line": vllm_plan_problem_line,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vllm_fleet.converged import differences, installed_packages, make_record
+from ansible.module_utils.vllm_fleet.files import write_json_atomically
 
 DOCUMENTATION = r"""
 ---
@@ -168,19 +168,8 @@ def health(urls: list[str], timeout: float) -> dict[str, str | None]:
 
 
 def write_record(path: str, record: dict) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".converged-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(record, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    write_json_atomically(path, record, 0o600, indent=1)
 
 
 def main():

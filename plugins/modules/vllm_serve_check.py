@@ -10,6 +10,7 @@ import sys
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vllm_fleet.argv_shapes import ArgvShapeError, keep
 
 DOCUMENTATION = r"""
 ---
@@ -24,7 +25,9 @@ description:
     costs 10-15 s on a small host; two separate processes paid it twice per cold deploy).
   - A command line vLLM would refuse fails the task with vLLM's own message, so a flag the pinned
     vLLM does not know fails the play before a unit is written.
-  - Read-only; supports check mode (it does the same checks).
+  - Changes nothing on the host but, with O(accepted_shapes_file), that file, where it keeps the
+    shapes (the line less its model directory) of the lines vLLM accepted, so that a later line of
+    the same shape need not be parsed again. Supports check mode (the same checks; nothing is kept).
 options:
   argvs:
     description:
@@ -43,6 +46,13 @@ options:
         another platform (the environment itself is not good).
     type: bool
     default: true
+  accepted_shapes_file:
+    description:
+      - Where the environment keeps the shapes its parser accepted (the C(vllm_accepted_shapes_file)
+        filter of its directory). When set, the shapes of the accepted lines are added to it (a
+        JSON list of ids, 0644), once the environment itself is proven. A memory of verdicts, not
+        a setting, so adding to it is not reported as a change.
+    type: path
 author: vllm-fleet
 """
 
@@ -67,6 +77,10 @@ device:
   type: str
 checked:
   description: How many command lines were parsed and accepted.
+  returned: always
+  type: int
+shapes_kept:
+  description: How many shapes this run added to O(accepted_shapes_file).
   returned: always
   type: int
 refused:
@@ -134,6 +148,7 @@ def main() -> None:
             "argvs": {"type": "list", "elements": "list", "default": []},
             "expect_device": {"type": "str"},
             "fail_on_refusal": {"type": "bool", "default": True},
+            "accepted_shapes_file": {"type": "path"},
         },
         supports_check_mode=True,
     )
@@ -163,11 +178,28 @@ def main() -> None:
         module.fail_json(
             msg=f"vLLM {version} detects the platform {device!r}, not {expected!r}", version=version, device=device
         )
-    refused = [{"argv": argv, "reason": why} for argv, why in zip(argvs, result["verdicts"], strict=True) if why]
+    verdicts = list(zip(argvs, result["verdicts"], strict=True))
+    refused = [{"argv": argv, "reason": why} for argv, why in verdicts if why]
+    # The environment is proven: the lines it accepted are kept, even when another is refused (the
+    # fix of that one line must not cost the others' parse again).
+    shapes_kept = 0
+    shapes_file = module.params["accepted_shapes_file"]
+    if shapes_file and not module.check_mode:
+        try:
+            shapes_kept = keep(shapes_file, [argv for argv, why in verdicts if not why])
+        except (OSError, ArgvShapeError) as exc:
+            module.fail_json(msg=f"could not keep the accepted shapes in {shapes_file}: {exc}")
     if refused and module.params["fail_on_refusal"]:
         module.fail_json(msg=refused[0]["reason"], argv=refused[0]["argv"], version=version, device=device)
     extra = {} if module.params["fail_on_refusal"] else {"refused": refused}
-    module.exit_json(changed=False, version=version, device=device, checked=len(argvs) - len(refused), **extra)
+    module.exit_json(
+        changed=False,
+        version=version,
+        device=device,
+        checked=len(argvs) - len(refused),
+        shapes_kept=shapes_kept,
+        **extra,
+    )
 
 
 if __name__ == "__main__":

@@ -350,31 +350,6 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet, deployed):
     )
 
 
-def test_the_newline_model_fails_its_probe_with_the_reason(fleet, deployed):
-    host = fleet.hosts[0]
-    newline = dict(TINY_MODEL, name="newline", model=NEWLINE, port=8001)
-    # The tiny model goes (state: absent) so one server per host keeps memory in bounds.
-    result = fleet.play("site.yml", "--limit", host.name, models=[{**TINY_MODEL, "state": "absent"}, newline])
-    assert result.returncode != 0
-    assert "newline" in result.output.lower()
-    assert "only newlines" in result.output or "only whitespace" in result.output, result.output[-4000:]
-    assert testhosts.ssh(host, "test", "!", "-e", UNIT, check=False).returncode == 0, "absent unit removed"
-    # Put the host back as the rest of the file expects it.
-    restored = fleet.play("site.yml", "--limit", host.name, models=[TINY_MODEL, {**newline, "state": "absent"}])
-    assert restored.returncode == 0, restored.output[-4000:]
-
-
-def test_a_flag_that_breaks_vllm_at_start_fails_the_host_with_the_journal(fleet, deployed):
-    host = fleet.hosts[1]
-    broken = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], tokenizer="/nonexistent/tokenizer"))
-    result = fleet.play("site.yml", "--limit", host.name, models=[broken])
-    assert result.returncode != 0
-    assert "journal of vllm-tiny" in result.output
-    assert "/nonexistent/tokenizer" in result.output.split("journal of vllm-tiny", 1)[1]
-    restored = fleet.play("site.yml", "--limit", host.name)
-    assert restored.returncode == 0, restored.output[-4000:]
-
-
 def test_the_api_key_is_in_no_argv_journal_or_ansible_output(fleet, deployed):
     for host in fleet.hosts:
         assert API_KEY not in testhosts.ssh(host, "ps", "-eo", "args").stdout
@@ -408,3 +383,40 @@ def test_the_fleet_mirror_downloads_each_revision_once_for_all_hosts(fleet, depl
     for host in fleet.hosts:
         got = testhosts.ssh(host, "sha256sum", f"{root}/{TINY}/v1/model.safetensors").stdout.split()[0]
         assert got == want
+
+
+# The failures last: each leaves its host as its failed run did (no run to put it back, which
+# cost a vLLM start each), and only the API key's check below reads the hosts after them.
+
+
+def test_the_newline_model_fails_its_probe_with_the_reason(fleet, deployed):
+    host = fleet.hosts[0]
+    newline = dict(TINY_MODEL, name="newline", model=NEWLINE, port=8001)
+    # The tiny model goes (state: absent) so one server per host keeps memory in bounds.
+    result = fleet.play("site.yml", "--limit", host.name, models=[{**TINY_MODEL, "state": "absent"}, newline])
+    assert result.returncode != 0
+    assert "newline" in result.output.lower()
+    assert "only newlines" in result.output or "only whitespace" in result.output, result.output[-4000:]
+    assert testhosts.ssh(host, "test", "!", "-e", UNIT, check=False).returncode == 0, "absent unit removed"
+
+
+def test_a_flag_that_breaks_vllm_at_start_fails_the_host_with_the_journal(fleet, deployed):
+    host = fleet.hosts[1]
+    broken = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], tokenizer="/nonexistent/tokenizer"))
+    result = fleet.play("site.yml", "--limit", host.name, models=[broken])
+    assert result.returncode != 0
+    assert "journal of vllm-tiny" in result.output
+    assert "/nonexistent/tokenizer" in result.output.split("journal of vllm-tiny", 1)[1]
+
+
+def test_after_the_failed_runs_the_api_key_is_in_no_journal_unit_or_ansible_output(fleet, deployed):
+    # The failed runs' rescues print the units' journals; every unit and secrets file left on the
+    # hosts is checked, whichever models the failures left there.
+    for host in fleet.hosts:
+        assert API_KEY not in testhosts.ssh(host, "ps", "-eo", "args").stdout
+        assert API_KEY not in testhosts.ssh(host, "journalctl", "--no-pager", "-o", "cat").stdout
+        units = testhosts.ssh(host, "cat /etc/systemd/system/vllm-*.service").stdout
+        assert "ExecStart=" in units and API_KEY not in units
+        modes = testhosts.ssh(host, "stat -c '%a %U' /etc/vllm-fleet/*.env").stdout.splitlines()
+        assert modes and set(modes) == {"600 root"}, modes
+    assert fleet.outputs and not [out for out in fleet.outputs if API_KEY in out]

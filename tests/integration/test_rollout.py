@@ -38,6 +38,7 @@ UNIT = "/etc/systemd/system/vllm-tiny.service"
 STATE = "/var/lib/vllm-fleet/last-good/tiny"
 PLAY = "PLAY [Deploy and prove the models, batch by batch]"
 CONVERGED = "/var/lib/vllm-fleet/converged.json"
+ENV = "/opt/vllm-fleet/envs/vllm-0.32.0-cpu"
 
 
 def tiny(revision: str) -> dict:
@@ -245,13 +246,16 @@ def test_a_good_change_rolls_through_in_batches_while_clients_are_served(fleet, 
     assert clients.failed_hosts() == {h.name for h in fleet.hosts}
     starts = [unit_state(h)["ActiveEnterTimestamp"] for h in fleet.hosts]
     assert all(starts[i] != before[h.name]["ActiveEnterTimestamp"] for i, h in enumerate(fleet.hosts))
-    # A new revision changes only the model directory of each unit's line: a host whose
-    # environment's parser accepted that shape before (the seeded hosts' check at the first
-    # deployment) does not import vLLM to parse it again; the bare host's line was judged by its
-    # environment's proof, which keeps no shape, so it is parsed once here.
+    # A new revision changes only the model directory of each unit's line, and every host's
+    # environment accepted that shape at the first deployment (the bare host's in its proof, the
+    # seeded hosts' in the service role's check), which keeps it: no host imports vLLM to parse it
+    # again before its restart.
     assert ansible_run.task_lines(result.output, "vllm_service : Check each changed command line") == {
-        f"ok: [{fleet.hosts[0].name}]"
-    } | {f"skipping: [{h.name}]" for h in fleet.hosts[1:]}, result.output[-6000:]
+        f"skipping: [{h.name}]" for h in fleet.hosts
+    }, result.output[-6000:]
+    for host in fleet.hosts:
+        kept = json.loads(testhosts.ssh(host, f"cat {ENV}/.vllm-fleet-accepted-argv-shapes.json").stdout)
+        assert len(kept) == 1, kept
     rows = rows_by_host(result)
     for host in fleet.hosts:
         assert served_revision(host) == "v2"

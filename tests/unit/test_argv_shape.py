@@ -4,10 +4,13 @@ so a new revision of a model is not parsed again (roles/vllm_service/tasks/prese
 from __future__ import annotations
 
 import importlib.util
+import json
+import stat
 from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from vllm_fleet import argv_shapes
 
 _PATH = Path(__file__).resolve().parents[2] / "plugins/filter/vllm_flags.py"
 _SPEC = importlib.util.spec_from_file_location("vllm_fleet_filter_vllm_flags", _PATH)
@@ -51,5 +54,35 @@ def test_only_lines_of_an_unaccepted_shape_are_left_to_check():
 
 
 def test_a_line_that_is_not_vllm_serve_is_refused():
-    with pytest.raises(AnsibleFilterError, match="vllm_argv_shape_id expects"):
+    with pytest.raises(AnsibleFilterError, match="vllm_argv_shape_id: a shape needs"):
         vllm_flags.vllm_argv_shape_id(["/bin/vllm", "bench", "x"])
+
+
+def test_the_shapes_file_is_in_the_environment():
+    env = "/opt/vllm-fleet/envs/vllm-0.32.0-cpu"
+    assert vllm_flags.vllm_accepted_shapes_file(env) == f"{env}/.vllm-fleet-accepted-argv-shapes.json"
+
+
+def test_kept_shapes_are_added_to_those_kept_before_world_readable(tmp_path):
+    path = str(tmp_path / argv_shapes.FILE_NAME)
+    assert argv_shapes.keep(path, [argv("v1")]) == 1
+    # Another revision is the same shape: nothing new. Another port is.
+    assert argv_shapes.keep(path, [argv("v2")]) == 0
+    assert argv_shapes.keep(path, [argv("v2"), argv("v1", port=8001)]) == 1
+    ids = json.loads(Path(path).read_text())
+    assert ids == sorted(vllm_flags.vllm_argv_shape_id(a) for a in (argv("v1"), argv("v1", port=8001)))
+    assert stat.S_IMODE(Path(path).stat().st_mode) == 0o644
+    assert argv_shapes.read_ids(path) == ids
+    assert vllm_flags.vllm_argvs_not_accepted([argv("v3"), argv("v3", port=8002)], ids) == [argv("v3", port=8002)]
+    assert [p.name for p in tmp_path.iterdir()] == [argv_shapes.FILE_NAME], "no temporary file left"
+
+
+@pytest.mark.parametrize("content", [None, "", "not json", '{"a": 1}', "[1, 2]"])
+def test_a_missing_or_unreadable_shapes_file_accepts_nothing(tmp_path, content):
+    # Losing the memory costs one parse, never a wrong verdict.
+    path = tmp_path / argv_shapes.FILE_NAME
+    if content is not None:
+        path.write_text(content)
+    assert argv_shapes.read_ids(str(path)) == []
+    assert argv_shapes.keep(str(path), [argv("v1")]) == 1
+    assert argv_shapes.read_ids(str(path)) == [vllm_flags.vllm_argv_shape_id(argv("v1"))]
