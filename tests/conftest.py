@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from vllm_fleet import argv_shapes
 
 from tests.hosts import seed as seeds
 from tests.hosts import testhosts
@@ -132,7 +133,7 @@ class EnvSeed:
             # The environment as the role built it, less the command line shapes its parser accepted
             # on that host (module_utils/vllm_fleet/argv_shapes.py): a seeded host's first deployment
             # parses its own line whichever test made the seed (test_rollout.py asserts it).
-            (self._layer / VLLM_ENV.lstrip("/") / ".vllm-fleet-accepted-argv-shapes.json").unlink(missing_ok=True)
+            (self._layer / VLLM_ENV.lstrip("/") / argv_shapes.FILE_NAME).unlink(missing_ok=True)
 
     def layer(self) -> Path:
         if self._layer is None:

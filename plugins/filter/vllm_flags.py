@@ -40,18 +40,10 @@ def vllm_serve_argv(model, bin_dir, models_root, bind_address):
     return [f"{bin_dir}/vllm", "serve", model_dir, *where, *vllm_argv(model.get("flags"))]
 
 
-def vllm_argv_shape_id(argv):
-    """The identity of what vLLM's parser judges in a `vllm serve` argv (module_utils argv_shapes:
-    a sha256 of the argv less its model directory): a new revision of a model, whose line differs
-    only there, is not parsed again (roles/vllm_service/tasks/present.yml)."""
-    try:
-        return argv_shapes.shape_id(argv)
-    except argv_shapes.ArgvShapeError as e:
-        raise AnsibleFilterError(f"vllm_argv_shape_id: {e}") from e
-
-
 def vllm_argvs_not_accepted(argvs, accepted_ids):
-    """The argvs whose shape (vllm_argv_shape_id) is not among the ids a parser accepted before."""
+    """The argvs whose shape (module_utils argv_shapes: the argv less its model directory) is not
+    among the ids a parser accepted before: a new revision of a model, whose line differs only
+    there, is not parsed again (roles/vllm_service/tasks/present.yml)."""
     try:
         return argv_shapes.not_accepted(argvs, accepted_ids)
     except argv_shapes.ArgvShapeError as e:
@@ -92,7 +84,6 @@ class FilterModule:
         return {
             "vllm_argv": vllm_argv,
             "vllm_serve_argv": vllm_serve_argv,
-            "vllm_argv_shape_id": vllm_argv_shape_id,
             "vllm_argvs_not_accepted": vllm_argvs_not_accepted,
             "vllm_accepted_shapes_file": vllm_accepted_shapes_file,
             "vllm_plan_row": vllm_plan_row,

@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.argv_shapes import ArgvShapeError, keep
+from ansible.module_utils.vllm_fleet.argv_shapes import keep
 
 DOCUMENTATION = r"""
 ---
@@ -187,7 +187,8 @@ def main() -> None:
     if shapes_file and not module.check_mode:
         try:
             shapes_kept = keep(shapes_file, [argv for argv, why in verdicts if not why])
-        except (OSError, ArgvShapeError) as exc:
+        # (Every argv was checked to be `vllm serve MODEL ...` above, so each has a shape.)
+        except OSError as exc:
             module.fail_json(msg=f"could not keep the accepted shapes in {shapes_file}: {exc}")
     if refused and module.params["fail_on_refusal"]:
         module.fail_json(msg=refused[0]["reason"], argv=refused[0]["argv"], version=version, device=device)

@@ -186,10 +186,11 @@ def _mounts_of(name: str) -> list[str]:
 # ---------------------------------------------------------------- processes
 
 
-def _nspawn_pids(name: str) -> list[int]:
-    """Processes of this host's nspawn and its supervisor, found by command line."""
+def _nspawn_pids(*names: str) -> list[int]:
+    """Processes of these hosts' nspawn and their supervisors, found by command line (one pass
+    over /proc for all of them)."""
     pids = []
-    marker = f"--machine={name}"
+    markers = {f"--machine={name}".encode() for name in names}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -197,7 +198,7 @@ def _nspawn_pids(name: str) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker.encode() in argv and any(b"systemd-nspawn" in arg for arg in argv):
+        if not markers.isdisjoint(argv) and any(b"systemd-nspawn" in arg for arg in argv):
             pids.append(int(proc.name))
     return pids
 
@@ -393,8 +394,8 @@ def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
         names = sorted(set(state) | set(_leftover_names()))
     for name in names:
         _record_vllm_starts(state.get(name))
-    # All at once: a host serving vLLM takes up to the whole timeout to power off, and hosts of one
-    # test module were stopped one after the other (40 s for test_deploy.py's two).
+    # All at once: a host serving vLLM can take up to the whole timeout to power off, and the hosts
+    # of one test module were stopped one after the other.
     _stop(names)
     for name in names:
         for point in _mounts_of(name):
@@ -429,16 +430,13 @@ def _record_vllm_starts(host: Host | None) -> None:
 def _stop(names: list[str], timeout: float = 20) -> None:
     # TERM to nspawn powers the container off cleanly (~1.4 s); the supervisor
     # loop then exits because the code is not 133. What is still there after the timeout is killed.
-    def running() -> list[int]:
-        return [pid for name in names for pid in _nspawn_pids(name)]
-
-    for pid in running():
+    for pid in _nspawn_pids(*names):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while running() and time.monotonic() < deadline:
+    while _nspawn_pids(*names) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for pid in running():
+    for pid in _nspawn_pids(*names):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
+from vllm_fleet import argv_shapes
 
 from tests.hosts import testhosts
 from tests.integration import ansible_run
@@ -254,7 +255,7 @@ def test_a_good_change_rolls_through_in_batches_while_clients_are_served(fleet, 
         f"skipping: [{h.name}]" for h in fleet.hosts
     }, result.output[-6000:]
     for host in fleet.hosts:
-        kept = json.loads(testhosts.ssh(host, f"cat {ENV}/.vllm-fleet-accepted-argv-shapes.json").stdout)
+        kept = json.loads(testhosts.ssh(host, f"cat {argv_shapes.shapes_file(ENV)}").stdout)
         assert len(kept) == 1, kept
     rows = rows_by_host(result)
     for host in fleet.hosts:

@@ -1,5 +1,6 @@
-"""The argv shape (plugins/filter/vllm_flags.py): what vLLM's parser judges in a unit's command line,
-so a new revision of a model is not parsed again (roles/vllm_service/tasks/present.yml)."""
+"""The argv shape (module_utils/vllm_fleet/argv_shapes.py and its filters): what vLLM's parser
+judges in a unit's command line, so a new revision of a model is not parsed again
+(roles/vllm_service/tasks/present.yml)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def argv(revision="v1", port=8000, bin_dir=BIN, **flags):
 
 def test_a_new_revision_has_the_shape_of_the_old_line():
     assert argv("v1")[2] != argv("v2")[2]
-    assert vllm_flags.vllm_argv_shape_id(argv("v1")) == vllm_flags.vllm_argv_shape_id(argv("v2"))
+    assert argv_shapes.shape_id(argv("v1")) == argv_shapes.shape_id(argv("v2"))
 
 
 @pytest.mark.parametrize(
@@ -42,11 +43,11 @@ def test_a_new_revision_has_the_shape_of_the_old_line():
 )
 def test_anything_but_the_model_directory_is_another_shape(where, flags):
     changed = argv("v1", **where, **flags)
-    assert vllm_flags.vllm_argv_shape_id(changed) != vllm_flags.vllm_argv_shape_id(argv("v1"))
+    assert argv_shapes.shape_id(changed) != argv_shapes.shape_id(argv("v1"))
 
 
 def test_only_lines_of_an_unaccepted_shape_are_left_to_check():
-    accepted = [vllm_flags.vllm_argv_shape_id(argv("v1"))]
+    accepted = [argv_shapes.shape_id(argv("v1"))]
     typo = argv("v2", **{"max-num-seqs-typo": 4})
     assert vllm_flags.vllm_argvs_not_accepted([argv("v2"), typo], accepted) == [typo]
     assert vllm_flags.vllm_argvs_not_accepted([argv("v2")], []) == [argv("v2")]
@@ -54,8 +55,10 @@ def test_only_lines_of_an_unaccepted_shape_are_left_to_check():
 
 
 def test_a_line_that_is_not_vllm_serve_is_refused():
-    with pytest.raises(AnsibleFilterError, match="vllm_argv_shape_id: a shape needs"):
-        vllm_flags.vllm_argv_shape_id(["/bin/vllm", "bench", "x"])
+    with pytest.raises(argv_shapes.ArgvShapeError, match="a shape needs"):
+        argv_shapes.shape_id(["/bin/vllm", "bench", "x"])
+    with pytest.raises(AnsibleFilterError, match="vllm_argvs_not_accepted: a shape needs"):
+        vllm_flags.vllm_argvs_not_accepted([["/bin/vllm", "bench", "x"]], [])
 
 
 def test_the_shapes_file_is_in_the_environment():
@@ -70,7 +73,7 @@ def test_kept_shapes_are_added_to_those_kept_before_world_readable(tmp_path):
     assert argv_shapes.keep(path, [argv("v2")]) == 0
     assert argv_shapes.keep(path, [argv("v2"), argv("v1", port=8001)]) == 1
     ids = json.loads(Path(path).read_text())
-    assert ids == sorted(vllm_flags.vllm_argv_shape_id(a) for a in (argv("v1"), argv("v1", port=8001)))
+    assert ids == sorted(argv_shapes.shape_id(a) for a in (argv("v1"), argv("v1", port=8001)))
     assert stat.S_IMODE(Path(path).stat().st_mode) == 0o644
     assert argv_shapes.read_ids(path) == ids
     assert vllm_flags.vllm_argvs_not_accepted([argv("v3"), argv("v3", port=8002)], ids) == [argv("v3", port=8002)]
@@ -85,4 +88,4 @@ def test_a_missing_or_unreadable_shapes_file_accepts_nothing(tmp_path, content):
         path.write_text(content)
     assert argv_shapes.read_ids(str(path)) == []
     assert argv_shapes.keep(str(path), [argv("v1")]) == 1
-    assert argv_shapes.read_ids(str(path)) == [vllm_flags.vllm_argv_shape_id(argv("v1"))]
+    assert argv_shapes.read_ids(str(path)) == [argv_shapes.shape_id(argv("v1"))]
