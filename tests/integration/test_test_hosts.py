@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from tests.hosts import seed as seeds
 from tests.hosts import testhosts
 from tests.integration import ansible_run
+from tests.integration.test_archive_stream import make_archive
+from tests.integration.test_archive_stream import module as archive_stream
 
 pytestmark = pytest.mark.hosts
 
@@ -91,3 +95,35 @@ def test_a_seeded_host_boots_with_the_seeds_files_and_never_changes_them(test_ho
     assert removed and not dest.exists()
     # (The session's own seed, tests/conftest.py env_seed, may be there: only this one must be gone.)
     assert not [line for line in testhosts.leftovers() if str(dest) in line]
+
+
+def test_archive_stream_pipes_an_archive_through_ssh_into_the_host_once(test_hosts, tmp_path):
+    # plugins/action/archive_stream.py: how the vllm_runtime role ships its wheelhouse.
+    archive = make_archive(tmp_path)
+    host = test_hosts[0]
+    dest = "/opt/archive-stream-test"
+    testhosts.ssh(host, f"rm -rf {dest}")
+    args = {"src": str(archive), "dest": dest, "marker": ".done"}
+    flags = ("-i", "inventories/local")
+
+    rc, out = archive_stream(host.name, args, *flags, "--check")
+    assert rc == 0 and out["changed"], out
+    assert testhosts.ssh(host, f"test -e {dest}", check=False).returncode != 0  # nothing sent
+
+    rc, out = archive_stream(host.name, args, *flags)
+    assert rc == 0 and out["changed"] and out["streamed"] is True, out
+    listing = testhosts.ssh(host, f"cd {dest} && stat -c '%n %a %U' a.whl sub/run sub/private .done").stdout
+    assert listing.split("\n")[:4] == ["a.whl 644 root", "sub/run 755 root", "sub/private 600 root", ".done 644 root"]
+    assert (
+        testhosts.ssh(host, f"sha256sum < {dest}/a.whl").stdout.split()[0]
+        == hashlib.sha256(b"wheel" * 1000).hexdigest()
+    )
+
+    rc, out = archive_stream(host.name, args, *flags)
+    assert rc == 0 and not out["changed"], out
+
+    # A stream tar cannot unpack (dest is a file): the failure says so, and no marker is made.
+    testhosts.ssh(host, "rm -rf /opt/archive-stream-file && touch /opt/archive-stream-file")
+    rc, out = archive_stream(host.name, {**args, "dest": "/opt/archive-stream-file/sub"}, *flags)
+    assert rc != 0 and "streaming" in out["msg"] and "/opt/archive-stream-file/sub" in out["msg"], out
+    testhosts.ssh(host, f"rm -rf {dest} /opt/archive-stream-file")
