@@ -11,6 +11,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vllm_fleet.argv_shapes import keep
+from ansible.module_utils.vllm_fleet.files import write_json_atomically
 
 DOCUMENTATION = r"""
 ---
@@ -27,7 +28,8 @@ description:
     vLLM does not know fails the play before a unit is written.
   - Changes nothing on the host but, with O(accepted_shapes_file), that file, where it keeps the
     shapes (the line less its model directory) of the lines vLLM accepted, so that a later line of
-    the same shape need not be parsed again. Supports check mode (the same checks; nothing is kept).
+    the same shape need not be parsed again; and, with O(record_file), the environment's record.
+    Supports check mode (the same checks; nothing is written).
 options:
   argvs:
     description:
@@ -53,6 +55,17 @@ options:
         JSON list of ids, 0644), once the environment itself is proven. A memory of verdicts, not
         a setting, so adding to it is not reported as a change.
     type: path
+  record_file:
+    description:
+      - Where the environment's record goes (the vllm_runtime role's C(.vllm-fleet-install.json)):
+        O(record) is written there as JSON (0644, whole or not at all) once the environment is
+        proven (it imports vLLM on the expected platform), even when a command line is refused, as
+        a refused flag is the flag's fault, not the environment's. Reported as a change.
+    type: path
+  record:
+    description: What O(record_file) says the environment holds.
+    type: dict
+    default: {}
 author: vllm-fleet
 """
 
@@ -83,6 +96,10 @@ shapes_kept:
   description: How many shapes this run added to O(accepted_shapes_file).
   returned: always
   type: int
+recorded:
+  description: Whether O(record) was written to O(record_file).
+  returned: always
+  type: bool
 refused:
   description: The command lines vLLM refused, each with its reason in vLLM's words (C(argv), C(reason)).
   returned: when fail_on_refusal is false
@@ -149,6 +166,8 @@ def main() -> None:
             "expect_device": {"type": "str"},
             "fail_on_refusal": {"type": "bool", "default": True},
             "accepted_shapes_file": {"type": "path"},
+            "record_file": {"type": "path"},
+            "record": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -190,11 +209,22 @@ def main() -> None:
         # (Every argv was checked to be `vllm serve MODEL ...` above, so each has a shape.)
         except OSError as exc:
             module.fail_json(msg=f"could not keep the accepted shapes in {shapes_file}: {exc}")
+    # Proven: the record says what the environment holds (the role's next run builds nothing).
+    record_file = module.params["record_file"]
+    recorded = bool(record_file) and not module.check_mode
+    if recorded:
+        try:
+            write_json_atomically(record_file, module.params["record"], 0o644, indent=4)
+        except OSError as exc:
+            module.fail_json(msg=f"could not write the environment's record {record_file}: {exc}")
     if refused and module.params["fail_on_refusal"]:
-        module.fail_json(msg=refused[0]["reason"], argv=refused[0]["argv"], version=version, device=device)
+        module.fail_json(
+            msg=refused[0]["reason"], argv=refused[0]["argv"], version=version, device=device, changed=recorded
+        )
     extra = {} if module.params["fail_on_refusal"] else {"refused": refused}
     module.exit_json(
-        changed=False,
+        changed=recorded,
+        recorded=recorded,
         version=version,
         device=device,
         checked=len(argvs) - len(refused),

@@ -63,31 +63,47 @@ def test_one_process_proves_the_environment_and_accepts_good_lines(python):
     assert '"changed": false' in result.output
 
 
-def test_a_flag_vllm_does_not_know_fails_with_vllms_own_words(python):
-    result = serve_check(python, argvs=[line("--dtype", "bfloat16"), line("--max-num-seqs-typo", "4")])
+def test_a_flag_vllm_does_not_know_fails_with_vllms_own_words(python, tmp_path):
+    record = tmp_path / "record.json"
+    result = serve_check(
+        python,
+        argvs=[line("--dtype", "bfloat16"), line("--max-num-seqs-typo", "4")],
+        record_file=str(record),
+        record={"version": "0.32.0"},
+    )
     assert result.returncode != 0
     assert "vllm: error: unrecognized arguments: --max-num-seqs-typo 4" in result.output, result.output
     assert "--max-num-seqs-typo" in result.output.split('"argv"', 1)[1], "the refused line is named"
+    # The environment itself is proven: its record is written all the same (a fixed flag costs no rebuild).
+    assert json.loads(record.read_text()) == {"version": "0.32.0"}
+    assert oct(record.stat().st_mode & 0o777) == "0o644"
 
 
-def test_refusals_can_be_returned_for_the_runtime_role_to_record_the_environment_first(python):
-    # The vllm_runtime role records a proven environment before it fails on a refused line.
+def test_refusals_can_be_returned_for_the_runtime_role_to_record_the_environment_first(python, tmp_path):
+    # The vllm_runtime role hears a proven environment's refusals after the unit started (a cold host).
     lines = [line("--dtype", "bfloat16"), line("--max-num-seqs-typo", "4")]
-    result = serve_check(python, expect_device="cpu", argvs=lines, fail_on_refusal=False)
+    record = tmp_path / "record.json"
+    spec = {"manager": "venv", "version": "0.32.0", "removed": ["torchvision"]}
+    result = serve_check(
+        python, expect_device="cpu", argvs=lines, fail_on_refusal=False, record_file=str(record), record=spec
+    )
     assert result.returncode == 0, result.output
     answer = json.loads(result.output[result.output.index("{") :])
     assert answer["checked"] == 1 and answer["device"] == "cpu"
+    assert answer["recorded"] and answer["changed"] and json.loads(record.read_text()) == spec
     assert [r["argv"] for r in answer["refused"]] == [lines[1]]
     assert answer["refused"][0]["reason"] == "vllm: error: unrecognized arguments: --max-num-seqs-typo 4"
 
 
-def test_a_bad_value_and_the_wrong_platform_are_refused(python):
+def test_a_bad_value_and_the_wrong_platform_are_refused(python, tmp_path):
     bad_value = serve_check(python, argvs=[line("--dtype", "float17")])
     assert bad_value.returncode != 0
     assert "argument --dtype: invalid choice: 'float17'" in bad_value.output, bad_value.output
-    wrong = serve_check(python, expect_device="cuda", argvs=[])
+    record = tmp_path / "record.json"
+    wrong = serve_check(python, expect_device="cuda", argvs=[], record_file=str(record), record={"v": 1})
     assert wrong.returncode != 0
     assert "detects the platform 'cpu', not 'cuda'" in wrong.output, wrong.output
+    assert not record.exists(), "an environment on the wrong platform is not recorded"
 
 
 def test_an_environment_without_vllm_is_refused_with_the_reason():
