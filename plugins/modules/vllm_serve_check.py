@@ -57,7 +57,7 @@ options:
     type: path
   record_file:
     description:
-      - Where the environment's record goes (the vllm_runtime role's C(.vllm-fleet-install.json)):
+      - Where the environment's record goes (the vllm_runtime role's C(.vllm-fleet-install.json)).
         O(record) is written there as JSON (0644, whole or not at all) once the environment is
         proven (it imports vLLM on the expected platform), even when a command line is refused, as
         a refused flag is the flag's fault, not the environment's. Reported as a change.
