@@ -13,8 +13,12 @@ short_description: Report a host's NVIDIA GPUs (name, memory, compute capability
 description:
   - Runs C(nvidia-smi --query-gpu=index,name,memory.total,compute_cap --format=csv,noheader,nounits)
     when nvidia-smi is on the host, and resolves each GPU through the vllm-fleet GPU catalog.
-  - Without nvidia-smi (test hosts, planning from the controller) it returns the GPUs declared in
-    O(declared) (the inventory's C(vllm_gpus)), resolved through the catalog, with C(detected=false).
+  - Without nvidia-smi (test hosts), or with O(detect=false) (planning from the controller), it
+    returns the GPUs declared in O(declared) (the inventory's C(vllm_gpus)), resolved through the
+    catalog, with C(detected=false).
+  - When GPUs are declared and nvidia-smi detects others (another count, or another model at an
+    index), the host is refused with both lists (see O(fail_on_mismatch)), since a plan made from
+    the declared GPUs would not hold on the ones the host has.
   - Changes nothing; safe in check mode.
 options:
   declared:
@@ -29,6 +33,18 @@ options:
     description: Path or name of nvidia-smi.
     type: str
     default: nvidia-smi
+  detect:
+    description:
+      - Ask nvidia-smi. When false, nothing is run on the host and O(declared) is the answer
+        (the inventory's C(vllm_detect_gpus=false), planning from the controller alone).
+    type: bool
+    default: true
+  fail_on_mismatch:
+    description:
+      - Fail when the detected GPUs are not the declared ones, naming both lists. When false (plan.yml
+        reports what preflight would refuse), the differences are returned in RV(declared_mismatch).
+    type: bool
+    default: true
 author:
   - vllm-fleet
 """
@@ -70,6 +86,8 @@ def main():
         argument_spec={
             "declared": {"type": "list", "elements": "raw", "default": []},
             "nvidia_smi": {"type": "str", "default": "nvidia-smi"},
+            "detect": {"type": "bool", "default": True},
+            "fail_on_mismatch": {"type": "bool", "default": True},
         },
         supports_check_mode=True,
     )
@@ -77,7 +95,7 @@ def main():
         declared = [dict(resolve(g), index=i) for i, g in enumerate(module.params["declared"])]
     except UnknownGPUError as e:
         module.fail_json(msg=str(e))
-    smi = module.get_bin_path(module.params["nvidia_smi"])
+    smi = module.get_bin_path(module.params["nvidia_smi"]) if module.params["detect"] else None
     if not smi:
         module.exit_json(changed=False, gpus=declared, detected=False, declared_mismatch=[])
     rc, out, err = module.run_command([smi, *QUERY])
@@ -94,7 +112,20 @@ def main():
         for d, g in zip(declared, gpus, strict=False):
             if d["name"] != g["name"]:
                 mismatch.append(f"GPU {g['index']}: declared {d['name']}, detected {g['name']}")
+    if mismatch and module.params["fail_on_mismatch"]:
+        module.fail_json(
+            msg=f"the GPUs vllm_gpus declares ({names(declared)}) are not the ones nvidia-smi detects"
+            f" ({names(gpus)}): {'; '.join(mismatch)}. Correct vllm_gpus, or remove it to plan from"
+            " what is detected.",
+            gpus=gpus,
+            declared=declared,
+            declared_mismatch=mismatch,
+        )
     module.exit_json(changed=False, gpus=gpus, detected=True, declared_mismatch=mismatch)
+
+
+def names(gpus: list[dict]) -> str:
+    return ", ".join(g["name"] for g in gpus) or "none"
 
 
 if __name__ == "__main__":

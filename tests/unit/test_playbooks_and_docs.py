@@ -12,8 +12,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PREFLIGHT_ACTIONS = {"gpu_facts", "vllm_preflight"}
 
 
-def _tasks(play):
-    return [t for t in play.get("tasks") or [] if isinstance(t, dict)]
+def _tasks(play, book_dir=ROOT / "playbooks"):
+    """A play's tasks, with the files it imports (import_tasks) read in their place."""
+    tasks = []
+    for task in play.get("tasks") or []:
+        imported = task.get("ansible.builtin.import_tasks")
+        if imported:
+            tasks += _tasks({"tasks": yaml.safe_load((book_dir / imported).read_text())}, book_dir)
+        elif isinstance(task, dict):
+            tasks.append(task)
+    return tasks
 
 
 def _action(task):
@@ -49,9 +57,14 @@ def test_preflight_play_changes_nothing_and_is_check_mode_safe():
 
 
 def test_preflight_play_fails_refused_hosts():
+    # The module fails a refused host, and gpu_facts a host whose GPUs are not the declared ones,
+    # in preflight.yml (plan.yml sets vllm_preflight_refuse: false to report them instead).
     (play,) = yaml.safe_load((ROOT / "playbooks/preflight.yml").read_text())
-    check = [t for t in _tasks(play) if _action(t) == "vllm_preflight"]
-    assert check and "failed_when" not in check[0]  # the module fails a refused host
+    assert play["vars"]["vllm_preflight_refuse"] is True
+    (check,) = [t for t in _tasks(play) if _action(t) == "vllm_preflight"]
+    assert check["failed_when"] == "vllm_preflight_refuse | bool and vllm_preflight_result.failed | default(false)"
+    (gpus,) = [t for t in _tasks(play) if _action(t) == "gpu_facts"]
+    assert gpus["gpu_facts"]["fail_on_mismatch"] == "{{ vllm_preflight_refuse | bool }}"
 
 
 def test_deploy_runs_preflight_before_any_role_that_changes_a_host():
