@@ -32,11 +32,11 @@ from pathlib import Path
 import yaml
 from common import PY, REPO_ROOT, Ansible, Row, base_args, emit, install_signal_handlers, log, median
 
-sys.path.insert(0, str(REPO_ROOT / "plugins" / "module_utils"))
-from vllm_fleet.model_facts import facts_from_config
-from vllm_fleet.planner import kwargs_from_flags, plan_memory
-from vllm_fleet.preflight import check_host
-from vllm_fleet.serve_args import normalize, to_argv
+sys.path.insert(0, str(REPO_ROOT / "collections"))
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import facts_from_config
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.planner import kwargs_from_flags, plan_memory
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check_host
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import normalize, to_argv
 
 PRODUCTION = REPO_ROOT / "inventories/production"
 

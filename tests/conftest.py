@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from vllm_fleet import argv_shapes
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes
 
 from tests.hosts import seed as seeds
 from tests.hosts import testhosts

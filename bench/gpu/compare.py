@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
+sys.path.insert(0, str(ROOT / "collections"))
 
-from vllm_fleet.model_facts import facts_from_config  # noqa: E402
-from vllm_fleet.planner import kwargs_from_flags, plan_memory  # noqa: E402
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import facts_from_config  # noqa: E402
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.planner import kwargs_from_flags, plan_memory  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "gpu"
 H100 = {"name": "H100", "memory_bytes": 85_017_493_504, "memory_mib": 81559, "compute_capability": "9.0"}

@@ -27,10 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins" / "filter"))
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
+sys.path.insert(0, str(ROOT / "collections"))
 
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import gpus  # noqa: E402
 from vllm_flags import vllm_argv  # noqa: E402  (the role's filter: normalize + to_argv)
-from vllm_fleet import gpus  # noqa: E402
 
 H100_TORCH_BYTES = 85_017_493_504
 T4_TORCH_BYTES = gpus.usable_bytes({"name": "T4", "memory_mib": 15360})

@@ -104,7 +104,7 @@ class ActionModule(ActionBase):
             self._transfer_file(src, remote_src)
             self._fixup_perms2((tmpdir, remote_src))
             return self._execute_module(
-                module_name="archive_stream",
+                module_name="vllm_fleet.fleet.archive_stream",
                 module_args={"src": remote_src, "dest": dest, "marker": marker, "remote_src": True},
                 task_vars=task_vars,
             )

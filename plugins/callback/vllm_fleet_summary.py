@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from ansible.plugins.callback import CallbackBase
-
-# Controller-side plugins do not see ansible.cfg's module_utils as ansible.module_utils.*; import
-# the shared code from the checkout (as plugins/filter/vllm_fleet.py does).
-_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
-if _MODULE_UTILS not in sys.path:
-    sys.path.insert(0, _MODULE_UTILS)
-
-from vllm_fleet.rollout import summary_table  # noqa: E402
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import summary_table
 
 DOCUMENTATION = r"""
 name: vllm_fleet_summary

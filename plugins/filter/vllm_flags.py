@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 from ansible.errors import AnsibleFilterError
-
-# Controller-side plugins do not see ansible.cfg's module_utils as ansible.module_utils.*; import
-# the same package the modules use from the checkout (one implementation, not a copy).
-_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
-if _MODULE_UTILS not in sys.path:
-    sys.path.insert(0, _MODULE_UTILS)
-
-from vllm_fleet import argv_shapes  # noqa: E402
-from vllm_fleet.serve_args import ServeArgsError, normalize, to_argv  # noqa: E402
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import (
+    ServeArgsError,
+    normalize,
+    to_argv,
+)
 
 
 def vllm_argv(flags):

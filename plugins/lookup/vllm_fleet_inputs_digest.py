@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from pathlib import Path
 
 from ansible.errors import AnsibleError, AnsibleUndefinedVariable
 from ansible.plugins.lookup import LookupBase
-
-# Controller-side plugins do not see ansible.cfg's module_utils as ansible.module_utils.*; import
-# the same package the modules use from the checkout (as plugins/filter/vllm_fleet.py does).
-_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
-if _MODULE_UTILS not in sys.path:
-    sys.path.insert(0, _MODULE_UTILS)
-
-from vllm_fleet import converged  # noqa: E402
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import converged
 
 DOCUMENTATION = r"""
 name: vllm_fleet_inputs_digest

@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.gpus import UnknownGPUError, parse_nvidia_smi, resolve
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.gpus import (
+    UnknownGPUError,
+    parse_nvidia_smi,
+    resolve,
+)
 
 DOCUMENTATION = r"""
 ---

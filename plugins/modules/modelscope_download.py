@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.weights import (
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.weights import (
     RemoteFile,
     is_model_file,
     manifest_is_complete,

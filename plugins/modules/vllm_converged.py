@@ -9,8 +9,12 @@ import urllib.error
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.converged import differences, installed_packages, make_record
-from ansible.module_utils.vllm_fleet.files import write_json_atomically
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.converged import (
+    differences,
+    installed_packages,
+    make_record,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.files import write_json_atomically
 
 DOCUMENTATION = r"""
 ---

@@ -12,7 +12,12 @@ import time
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.rollout import SLOTS, changes, choose_restore, rotate
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import (
+    SLOTS,
+    changes,
+    choose_restore,
+    rotate,
+)
 
 DOCUMENTATION = r"""
 ---

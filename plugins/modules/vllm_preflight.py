@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.hub_configs import load_facts
-from ansible.module_utils.vllm_fleet.preflight import check_host
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check_host
 
 DOCUMENTATION = r"""
 ---

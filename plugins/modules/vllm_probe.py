@@ -9,13 +9,13 @@ import urllib.error
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.engine_report import (
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import (
     compare_with_plan,
     format_comparison,
     parse_engine_report,
     refusal_problem,
 )
-from ansible.module_utils.vllm_fleet.probe import (
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.probe import (
     CHAT,
     COMPLETIONS,
     check_chat_response,

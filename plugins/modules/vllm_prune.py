@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.rollout import prune_choice
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import prune_choice
 
 DOCUMENTATION = r"""
 ---

@@ -10,8 +10,8 @@ import sys
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet.argv_shapes import keep
-from ansible.module_utils.vllm_fleet.files import write_json_atomically
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.argv_shapes import keep
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.files import write_json_atomically
 
 DOCUMENTATION = r"""
 ---

@@ -17,7 +17,9 @@ from tests.integration.ansible_run import run
 
 
 def module(target: str, args: dict, *flags: str) -> tuple[int, dict]:
-    result = run("ansible", *flags, target, "-m", "archive_stream", "-a", json.dumps(args), timeout=120)
+    result = run(
+        "ansible", *flags, target, "-m", "vllm_fleet.fleet.archive_stream", "-a", json.dumps(args), timeout=120
+    )
     start = result.output.rindex(" | ")
     doc, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{", start) :])
     return result.returncode, doc

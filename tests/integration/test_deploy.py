@@ -334,7 +334,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet, deployed):
         "inventories/local",
         host.name,
         "-m",
-        "modelscope_download",
+        "vllm_fleet.fleet.modelscope_download",
         "-a",
         args,
         "-e",

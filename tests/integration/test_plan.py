@@ -102,7 +102,7 @@ def test_plan_and_preflight_run_the_same_checks_with_the_same_inputs():
         assert imported == ["tasks/preflight.yml"], name
         assert play["vars"]["vllm_preflight_refuse"] is (name == "preflight")
     shared = yaml.safe_load((ansible_run.REPO_ROOT / "playbooks/tasks/preflight.yml").read_text())
-    check = next(t for t in shared if "vllm_preflight" in t)
+    check = next(t for t in shared if "vllm_fleet.fleet.vllm_preflight" in t)
     assert {"hub_endpoint", "hub_token", "models", "gpus", "vllm_version", "model_configs_dir"} <= set(
-        check["vllm_preflight"]
+        check["vllm_fleet.fleet.vllm_preflight"]
     )

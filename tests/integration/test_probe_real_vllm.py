@@ -47,7 +47,14 @@ def probe(server: VllmServer, *ansible_args: str, **options) -> tuple[AnsibleRes
     args = {"base_url": server.base_url, "served_model_name": SERVED_NAME, "api_key": server.api_key}
     args |= {"max_tokens": MAX_TOKENS, "health_timeout": HEALTH_TIMEOUT_S, **options}
     result = run(
-        "ansible", "localhost", "-m", "vllm_probe", "-a", json.dumps(args), *ansible_args, timeout=ANSIBLE_TIMEOUT_S
+        "ansible",
+        "localhost",
+        "-m",
+        "vllm_fleet.fleet.vllm_probe",
+        "-a",
+        json.dumps(args),
+        *ansible_args,
+        timeout=ANSIBLE_TIMEOUT_S,
     )
     assert server.api_key not in result.output, "the API key leaked into ansible's output"
     return result, module_json(result.output)

@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from vllm_fleet import argv_shapes
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes
 
 from tests.hosts import testhosts
 from tests.integration import ansible_run

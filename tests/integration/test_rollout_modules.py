@@ -16,7 +16,7 @@ SECRET = "VLLM_API_KEY=not-for-your-eyes-" + os.urandom(6).hex()
 
 
 def module(name: str, args: dict, *flags: str) -> tuple[int, dict, str]:
-    result = run("ansible", "localhost", "-m", name, "-a", json.dumps(args), *flags, timeout=120)
+    result = run("ansible", "localhost", "-m", f"vllm_fleet.fleet.{name}", "-a", json.dumps(args), *flags, timeout=120)
     start = result.output.rindex("localhost | ")
     doc, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{", start) :])
     assert SECRET not in result.output, "the secrets file leaked into ansible's output"

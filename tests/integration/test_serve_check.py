@@ -37,7 +37,7 @@ def serve_check(python: str, **args) -> ansible_run.AnsibleResult:
         "-i",
         "localhost,",
         "-m",
-        "vllm_serve_check",
+        "vllm_fleet.fleet.vllm_serve_check",
         "-a",
         json.dumps(args),
         "-e",

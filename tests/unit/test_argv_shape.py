@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from vllm_fleet import argv_shapes
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes
 
 _PATH = Path(__file__).resolve().parents[2] / "plugins/filter/vllm_flags.py"
 _SPEC = importlib.util.spec_from_file_location("vllm_fleet_filter_vllm_flags", _PATH)

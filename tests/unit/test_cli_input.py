@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from vllm_fleet.cli import main as cli_main
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.cli import main as cli_main
 
 ROOT = Path(__file__).parents[2]
 BIN = ROOT / "bin" / "vllm-fleet"

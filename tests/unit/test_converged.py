@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from vllm_fleet import converged
-from vllm_fleet.weights import RemoteFile, write_manifest
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import converged
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.weights import RemoteFile, write_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ACTIVE = {"ActiveState": "active", "UnitFileState": "enabled", "NeedDaemonReload": "no"}

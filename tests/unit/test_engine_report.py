@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vllm_fleet.engine_report import (
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import (
     compare_with_plan,
     error_pct,
     format_comparison,

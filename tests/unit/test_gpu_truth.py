@@ -12,10 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
-from vllm_fleet import rules
-from vllm_fleet.model_facts import facts_from_config, load_model_dir
-from vllm_fleet.planner import kwargs_from_flags, plan_memory
-from vllm_fleet.serve_args import normalize, to_argv
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rules
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import (
+    facts_from_config,
+    load_model_dir,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.planner import kwargs_from_flags, plan_memory
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import normalize, to_argv
 
 ROOT = Path(__file__).parents[2]
 DATA = ROOT / "tests" / "data" / "gpu"

@@ -7,9 +7,9 @@ import struct
 from pathlib import Path
 
 import pytest
-from vllm_fleet import gpus
-from vllm_fleet.hub_configs import load_facts
-from vllm_fleet.model_facts import (
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import gpus
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import (
     estimate_weight_bytes,
     facts_from_config,
     load_model_dir,

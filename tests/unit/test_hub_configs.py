@@ -12,8 +12,8 @@ from pathlib import Path
 
 import modelscope_hub.config
 import pytest
-from vllm_fleet import hub_configs
-from vllm_fleet.model_facts import ModelConfigError
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import hub_configs
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import ModelConfigError
 
 from tests.support.hub import publish
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from vllm_fleet import inventory
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import inventory
 
 TINY = {"name": "tiny", "model": "vllm-fleet/tiny-qwen2", "revision": "v1", "port": 8000}
 

@@ -9,11 +9,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from vllm_fleet import architectures, vllm_architectures
-from vllm_fleet.cli import main as cli_main
-from vllm_fleet.model_facts import facts_from_config, load_model_dir
-from vllm_fleet.planner import GIB, local_experts, lora_bytes, plan_memory, pp_partition, weight_bytes_per_rank
-from vllm_fleet.preflight import check, format_plan
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import architectures, vllm_architectures
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.cli import main as cli_main
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import (
+    facts_from_config,
+    load_model_dir,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.planner import (
+    GIB,
+    local_experts,
+    lora_bytes,
+    plan_memory,
+    pp_partition,
+    weight_bytes_per_rank,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check, format_plan
 
 from tests.unit.shapes import qwen2_config, qwen3_moe_config
 
@@ -226,7 +236,7 @@ def test_check_stays_under_100_ms_a_model_in_process(capsys):
 
 def test_expert_parallel_reaches_the_moe_kernel_bytes():
     """FP8 experts on a T4 run on Marlin: whole 768-wide experts need no padding, 192-wide slices do."""
-    from vllm_fleet.planner import kernel_repack_bytes
+    from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.planner import kernel_repack_bytes
 
     facts = shipped("Qwen3-30B-A3B-FP8")
     plan = plan_memory(facts, T4, tp=4, expert_parallel=True, max_model_len=4096)

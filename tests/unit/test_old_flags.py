@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vllm_fleet import old_flags
-from vllm_fleet.serve_args import to_argv
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import old_flags
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import to_argv
 
 KNOWN = set(Path(__file__).resolve().parents[1].joinpath("data", "vllm-0.32.0-serve-flags.txt").read_text().split())
 

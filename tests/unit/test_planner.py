@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from vllm_fleet import gpus, rules
-from vllm_fleet.model_facts import facts_from_config
-from vllm_fleet.planner import (
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import gpus, rules
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import facts_from_config
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.planner import (
     MemoryPlan,
     capture_sizes,
     gpu_total_bytes,
@@ -258,7 +258,7 @@ def test_gpu_may_be_an_object():
 def test_awq_zero_points_grow_only_under_hoppers_machete_kernel():
     """vLLM 0.26 runs GPTQ/AWQ through Machete on cc 9.0 (AWQ zero points become fp16) and
     through Marlin on a T4 (packed): tests/data/gpu/measured.json, 14B AWQ on an H100."""
-    from vllm_fleet.planner import kernel_repack_bytes
+    from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.planner import kernel_repack_bytes
 
     awq = qwen15(
         5120, 13696, 40, 40, 40, 152064, quant={"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}

@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 
 import yaml
-from vllm_fleet import rules
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rules
 
 ROOT = Path(__file__).resolve().parents[2]
-PREFLIGHT_ACTIONS = {"gpu_facts", "vllm_preflight"}
 
 
 def _tasks(play, book_dir=ROOT / "playbooks"):
@@ -61,10 +60,10 @@ def test_preflight_play_fails_refused_hosts():
     # in preflight.yml (plan.yml sets vllm_preflight_refuse: false to report them instead).
     (play,) = yaml.safe_load((ROOT / "playbooks/preflight.yml").read_text())
     assert play["vars"]["vllm_preflight_refuse"] is True
-    (check,) = [t for t in _tasks(play) if _action(t) == "vllm_preflight"]
+    (check,) = [t for t in _tasks(play) if _action(t) == "vllm_fleet.fleet.vllm_preflight"]
     assert check["failed_when"] == "vllm_preflight_refuse | bool and vllm_preflight_result.failed | default(false)"
-    (gpus,) = [t for t in _tasks(play) if _action(t) == "gpu_facts"]
-    assert gpus["gpu_facts"]["fail_on_mismatch"] == "{{ vllm_preflight_refuse | bool }}"
+    (gpus,) = [t for t in _tasks(play) if _action(t) == "vllm_fleet.fleet.gpu_facts"]
+    assert gpus["vllm_fleet.fleet.gpu_facts"]["fail_on_mismatch"] == "{{ vllm_preflight_refuse | bool }}"
 
 
 def test_deploy_runs_preflight_before_any_role_that_changes_a_host():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vllm_fleet.cli import main as cli_main
-from vllm_fleet.hub_configs import load_facts
-from vllm_fleet.preflight import check, check_host
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.cli import main as cli_main
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check, check_host
 
 ROOT = Path(__file__).resolve().parents[2]
 UNPADDED_14B_GPTQ = str(ROOT / "tests/data/configs/Qwen1.5-14B-Chat-GPTQ-Int4-unpadded")

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from vllm_fleet import probe
-from vllm_fleet.probe import (
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import probe
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.probe import (
     TIMES,
     check_chat_response,
     check_completion_response,

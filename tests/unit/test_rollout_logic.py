@@ -4,7 +4,7 @@ good state a rollback restores, slot rotation, pruning choices and the summary t
 from __future__ import annotations
 
 import pytest
-from vllm_fleet import rollout
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rollout
 
 
 def record(revision="v1", version="0.32.0", flags=("--max-model-len", "512"), unit="u1", env="e1", repo="o/m"):

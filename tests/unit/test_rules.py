@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from vllm_fleet import rules
-from vllm_fleet.gpus import resolve
-from vllm_fleet.model_facts import ModelFacts, QuantFacts, facts_from_config
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rules
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.gpus import resolve
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import (
+    ModelFacts,
+    QuantFacts,
+    facts_from_config,
+)
 
 from tests.unit.shapes import qwen2_config, qwen3_moe_config
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from vllm_fleet.serve_args import ServeArgsError, human_readable_int, normalize, parse_argv, to_argv
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import (
+    ServeArgsError,
+    human_readable_int,
+    normalize,
+    parse_argv,
+    to_argv,
+)
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,16 @@ import re
 from pathlib import Path
 
 import pytest
-from vllm_fleet import rules, serve_flag_labels
-from vllm_fleet.serve_flag_labels import LABELS, MODELED, NO_MEMORY_EFFECT, NOT_MODELED, label_of, unmodeled
-from vllm_fleet.serve_flag_spec import FLAGS, VERSION
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rules, serve_flag_labels
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_flag_labels import (
+    LABELS,
+    MODELED,
+    NO_MEMORY_EFFECT,
+    NOT_MODELED,
+    label_of,
+    unmodeled,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_flag_spec import FLAGS, VERSION
 
 # The flags the planner (planner.py, preflight.py) and the rules read.
 EXPECTED_MODELED = {
