@@ -18,14 +18,8 @@ import tempfile
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible_collections.vllm_fleet.fleet.plugins.modules.archive_stream import ARGUMENT_SPEC
 
-# The module's argument spec (plugins/modules/archive_stream.py); tests/unit compare the two.
-ARGUMENT_SPEC = {
-    "src": {"type": "path", "required": True},
-    "dest": {"type": "path", "required": True},
-    "marker": {"type": "str", "default": ".complete"},
-    "remote_src": {"type": "bool", "default": False},
-}
 SSH_CONNECTIONS = ("ssh", "ansible.builtin.ssh", "ansible.legacy.ssh")
 
 

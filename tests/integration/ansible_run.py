@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -52,6 +53,13 @@ def task_lines_between(output: str, task: str, after: str, before: str) -> set[s
         if start >= 0 and end > start:
             found |= task_lines(play[start:end], task)
     return found
+
+
+def module_json(output: str, host: str = "localhost") -> dict:
+    """The module's JSON after the last '<host> | STATUS => ' of ansible's ad-hoc output."""
+    start = output.rindex(f"{host} | ")
+    doc, _ = json.JSONDecoder().raw_decode(output[output.index("{", start) :])
+    return doc
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ansible_run import run
+from tests.integration.ansible_run import module_json, run
 
 
 def module(target: str, args: dict, *flags: str) -> tuple[int, dict]:
     result = run(
         "ansible", *flags, target, "-m", "vllm_fleet.fleet.archive_stream", "-a", json.dumps(args), timeout=120
     )
-    start = result.output.rindex(" | ")
-    doc, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{", start) :])
-    return result.returncode, doc
+    return result.returncode, module_json(result.output, target)
 
 
 def make_archive(tmp_path: Path) -> Path:

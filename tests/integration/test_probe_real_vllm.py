@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ansible_run import AnsibleResult, run
+from tests.integration.ansible_run import AnsibleResult, module_json, run
 from tests.support.vllm_server import SERVED_NAME, VllmServer, free_loopback_port, vllm_server
 
 # facts.md: healthy after 21-100 s on this machine; 130 s seen while other suites loaded both cores.
@@ -58,13 +58,6 @@ def probe(server: VllmServer, *ansible_args: str, **options) -> tuple[AnsibleRes
     )
     assert server.api_key not in result.output, "the API key leaked into ansible's output"
     return result, module_json(result.output)
-
-
-def module_json(output: str) -> dict:
-    """The JSON after the last 'localhost | STATUS => ' of ansible's ad-hoc output."""
-    start = output.rindex("localhost | ")
-    doc, _ = json.JSONDecoder().raw_decode(output[output.index("{", start) :])
-    return doc
 
 
 def kv_tokens_predicted(model_dir: Path, kv_cache_gib: float) -> int:

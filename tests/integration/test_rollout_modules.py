@@ -10,17 +10,15 @@ import os
 import time
 from pathlib import Path
 
-from tests.integration.ansible_run import run
+from tests.integration.ansible_run import module_json, run
 
 SECRET = "VLLM_API_KEY=not-for-your-eyes-" + os.urandom(6).hex()
 
 
 def module(name: str, args: dict, *flags: str) -> tuple[int, dict, str]:
     result = run("ansible", "localhost", "-m", f"vllm_fleet.fleet.{name}", "-a", json.dumps(args), *flags, timeout=120)
-    start = result.output.rindex("localhost | ")
-    doc, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{", start) :])
     assert SECRET not in result.output, "the secrets file leaked into ansible's output"
-    return result.returncode, doc, result.output
+    return result.returncode, module_json(result.output), result.output
 
 
 class Host:
