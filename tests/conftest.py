@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes, layout
 
 from tests.hosts import seed as seeds
 from tests.hosts import testhosts
@@ -106,8 +106,8 @@ def test_hosts(host_tooling):
             testhosts.destroy([h.name for h in hosts])
 
 
-# The vllm_runtime role's environment on the local test hosts (inventories/local: vLLM 0.32.0, cpu).
-VLLM_ENV = "/opt/vllm-fleet/envs/vllm-0.32.0-cpu"
+# The vllm_runtime role's environment on the local test hosts (inventories/local: the pinned vLLM, cpu).
+VLLM_ENV = layout.env_dir(device="cpu")
 
 
 class EnvSeed:

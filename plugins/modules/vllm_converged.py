@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.converged import (
     differences,
     installed_packages,
@@ -44,9 +45,10 @@ options:
     type: str
     required: true
   path:
-    description: Where the record is kept on the host.
+    description:
+      - Where the record is kept on the host.
+      - Omitted means the collection's place for it (lookup P(vllm_fleet.fleet.layout#lookup), C(converged_path)).
     type: path
-    default: /var/lib/vllm-fleet/converged.json
   files:
     description: With C(action=save), files the run wrote (units, secrets files, install records).
     type: list
@@ -100,7 +102,7 @@ EXAMPLES = r"""
   vllm_converged:
     action: save
     digest: "{{ vllm_rollout_digest }}"
-    files: [/etc/systemd/system/vllm-qwen-7b.service, /etc/vllm-fleet/qwen-7b.env]
+    files: ["{{ vllm_service_unit_dir }}/vllm-qwen-7b.service", "{{ vllm_service_env_dir }}/qwen-7b.env"]
     units: [vllm-qwen-7b.service]
     health_urls: ["http://127.0.0.1:8000/health"]
 """
@@ -181,7 +183,7 @@ def main():
         argument_spec={
             "action": {"type": "str", "choices": ["save", "check"], "required": True},
             "digest": {"type": "str", "required": True},
-            "path": {"type": "path", "default": "/var/lib/vllm-fleet/converged.json"},
+            "path": {"type": "path"},
             "files": {"type": "list", "elements": "path", "default": []},
             "dirs": {"type": "list", "elements": "path", "default": []},
             "absent": {"type": "list", "elements": "path", "default": []},
@@ -194,7 +196,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    old = read_record(p["path"])
+    path = p["path"] or layout.CONVERGED_PATH
+    old = read_record(path)
 
     if p["action"] == "check":
         record = old or {}
@@ -225,7 +228,7 @@ def main():
         module.fail_json(msg=str(exc))
     changed = record != old
     if changed and not module.check_mode:
-        write_record(p["path"], record)
+        write_record(path, record)
     module.exit_json(changed=changed, record=record)
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import (
     SLOTS,
     changes,
@@ -66,9 +67,10 @@ options:
     description: The installed secrets (environment) file.
     type: path
   state_dir:
-    description: Where the good states are kept.
+    description:
+      - Where the good states are kept.
+      - Omitted means the collection's place for them (lookup P(vllm_fleet.fleet.layout#lookup), C(last_good_dir)).
     type: path
-    default: /var/lib/vllm-fleet/last-good
 author: vllm-fleet
 """
 
@@ -77,22 +79,22 @@ EXAMPLES = r"""
   vllm_last_good:
     action: save
     name: qwen-7b
-    unit_path: /etc/systemd/system/vllm-qwen-7b.service
-    env_path: /etc/vllm-fleet/qwen-7b.env
+    unit_path: "{{ vllm_service_unit_dir }}/vllm-qwen-7b.service"
+    env_path: "{{ vllm_service_env_dir }}/qwen-7b.env"
     record:
       model: "{{ model }}"
-      vllm_version: "0.32.0"
-      env_dir: /opt/vllm-fleet/envs/vllm-0.32.0-cuda
-      model_dir: /var/lib/vllm-fleet/models/qwen/Qwen1.5-7B-Chat-AWQ/master
-      argv: [/opt/vllm-fleet/envs/vllm-0.32.0-cuda/bin/vllm, serve, ...]
+      vllm_version: "{{ vllm_runtime_version }}"
+      env_dir: "{{ vllm_runtime_env }}"
+      model_dir: "{{ model_weights_root }}/qwen/Qwen1.5-7B-Chat-AWQ/master"
+      argv: ["{{ vllm_runtime_bin }}/vllm", serve, ...]
 
 - name: Put the last good unit back after a failed probe
   vllm_last_good:
     action: restore
     target: last
     name: qwen-7b
-    unit_path: /etc/systemd/system/vllm-qwen-7b.service
-    env_path: /etc/vllm-fleet/qwen-7b.env
+    unit_path: "{{ vllm_service_unit_dir }}/vllm-qwen-7b.service"
+    env_path: "{{ vllm_service_env_dir }}/qwen-7b.env"
   register: restored
 """
 
@@ -258,7 +260,7 @@ def main() -> None:
             "target": {"type": "str", "default": "last", "choices": ["last", "back"]},
             "unit_path": {"type": "path"},
             "env_path": {"type": "path"},
-            "state_dir": {"type": "path", "default": "/var/lib/vllm-fleet/last-good"},
+            "state_dir": {"type": "path"},
         },
         required_if=[
             ("action", "save", ("name", "record", "unit_path", "env_path")),
@@ -267,7 +269,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    state_dir = Path(p["state_dir"])
+    state_dir = Path(p["state_dir"] or layout.LAST_GOOD_DIR)
     if p["action"] == "read":
         everything = read_all(state_dir)
         records = {k: v for k, v in everything.items() if k == p["name"]} if p["name"] else everything

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check_host
 
@@ -35,16 +34,20 @@ options:
     elements: raw
     default: []
   vllm_version:
-    description: The pinned vLLM release the rules are checked against.
+    description:
+      - The vLLM release the rules are checked against.
+      - Omitted means the release the collection pins (lookup P(vllm_fleet.fleet.layout#lookup), C(vllm_version)).
     type: str
-    default: "0.32.0"
   vllm_device:
     description: C(cuda) or C(cpu). On C(cpu) hosts the GPU rules do not apply.
     type: str
     choices: [cuda, cpu]
     default: cuda
   model_configs_dir:
-    description: The project's shipped configs (C(model_configs/)). Defaults to the checkout's.
+    description:
+      - The shipped configs (C(model_configs/)).
+      - Omitted means the collection's own when the module runs on the controller from the collection
+        (playbooks pass lookup P(vllm_fleet.fleet.layout#lookup), C(model_configs_dir)).
     type: path
   cache_dir:
     description: Where configs fetched from the hub are kept.
@@ -68,7 +71,8 @@ EXAMPLES = r"""
   vllm_preflight:
     models: "{{ vllm_models }}"
     gpus: "{{ gpu_facts_result.gpus }}"
-    vllm_version: "{{ vllm_version | default('0.32.0') }}"
+    vllm_version: "{{ vllm_version | default(omit) }}"
+    model_configs_dir: "{{ lookup('vllm_fleet.fleet.layout', 'model_configs_dir') }}"
   delegate_to: localhost
   register: preflight
 """
@@ -111,7 +115,7 @@ def main():
         argument_spec={
             "models": {"type": "list", "elements": "dict", "required": True},
             "gpus": {"type": "list", "elements": "raw", "default": []},
-            "vllm_version": {"type": "str", "default": "0.32.0"},
+            "vllm_version": {"type": "str"},
             "vllm_device": {"type": "str", "choices": ["cuda", "cpu"], "default": "cuda"},
             "model_configs_dir": {"type": "path"},
             "cache_dir": {"type": "path"},
@@ -123,8 +127,7 @@ def main():
     )
     p = module.params
     configs_dir = p["model_configs_dir"]
-    if configs_dir is None and os.path.isdir(os.path.join(os.getcwd(), "model_configs")):
-        configs_dir = os.path.join(os.getcwd(), "model_configs")
+    vllm_version = p["vllm_version"] or layout.VLLM_VERSION
 
     def facts_for(item):
         return load_facts(
@@ -137,7 +140,7 @@ def main():
             token=p["hub_token"],
         )
 
-    host_vars = {"vllm_models": p["models"], "vllm_version": p["vllm_version"], "vllm_device": p["vllm_device"]}
+    host_vars = {"vllm_models": p["models"], "vllm_version": vllm_version, "vllm_device": p["vllm_device"]}
     plan = check_host(host_vars, detected_gpus=p["gpus"] or None, facts_for=facts_for)
     refused = [m["model"] for m in plan["models"] if m["verdict"] == "refused"]
     if plan["verdict"] == "refused":

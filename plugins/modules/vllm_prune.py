@@ -43,7 +43,7 @@ author: vllm-fleet
 EXAMPLES = r"""
 - name: Keep the two newest vLLM environments and those in use
   vllm_prune:
-    path: /opt/vllm-fleet/envs
+    path: "{{ vllm_runtime_root }}/envs"
     keep: 2
     marker: .vllm-fleet-install.json
     protect: "{{ vllm_rollout_in_use }}"

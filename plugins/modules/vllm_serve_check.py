@@ -74,9 +74,9 @@ EXAMPLES = r"""
   vllm_serve_check:
     expect_device: cpu
     argvs:
-      - [/opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/vllm, serve, /var/lib/vllm-fleet/models/q/v1, --dtype, half]
+      - ["{{ vllm_runtime_bin }}/vllm", serve, "{{ model_weights_root }}/qwen/Qwen2.5-0.5B-Instruct/v1", --dtype, half]
   vars:
-    ansible_python_interpreter: /opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/python
+    ansible_python_interpreter: "{{ vllm_runtime_bin }}/python"
 """
 
 RETURN = r"""

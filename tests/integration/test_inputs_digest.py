@@ -18,7 +18,7 @@ PLAY = """
   tasks:
     - name: Without facts
       ansible.builtin.debug:
-        msg: "digest=[{{ lookup('vllm_fleet.fleet.vllm_fleet_inputs_digest', playbook_dir) }}]"
+        msg: "digest=[{{ lookup('vllm_fleet.fleet.vllm_fleet_inputs_digest') }}]"
 - name: Digest with facts
   hosts: localhost
   gather_facts: true

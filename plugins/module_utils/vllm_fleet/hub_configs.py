@@ -16,12 +16,12 @@ import shutil
 import tempfile
 from dataclasses import replace
 
+from . import layout
 from .model_facts import QUANT_CONFIG_FILES, SAFETENSORS_INDEX, ModelConfigError, ModelFacts, load_model_dir
 
 SMALL_FILES = ("config.json", *QUANT_CONFIG_FILES, SAFETENSORS_INDEX)
 DEFAULT_REVISION = "master"  # the hub's default branch
 DEFAULT_REVISIONS = (None, "", DEFAULT_REVISION, "main")
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 
 # A hub repo id: owner/name, each of the characters ModelScope allows in names (letters, digits,
@@ -48,8 +48,10 @@ def validate_repo_id(model: str) -> None:
         )
 
 
-def default_model_configs_dir() -> str:
-    return os.environ.get("VLLM_FLEET_MODEL_CONFIGS", os.path.join(REPO_ROOT, "model_configs"))
+def default_model_configs_dir() -> str | None:
+    """$VLLM_FLEET_MODEL_CONFIGS, else the collection's own model_configs/; None inside a module's
+    payload on a host (it carries module_utils, not the collection: the playbook passes the dir)."""
+    return os.environ.get("VLLM_FLEET_MODEL_CONFIGS") or layout.values()["model_configs_dir"]
 
 
 def default_cache_dir() -> str:
@@ -70,8 +72,14 @@ def _find_case_insensitive(root: str, repo_id: str) -> str | None:
     return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
 
+def _shipped_name(path: str) -> str:
+    """<configs dir>/<owner>/<name> (model_configs/qwen/...), wherever the collection is installed."""
+    return os.path.join(*os.path.normpath(path).split(os.sep)[-3:])
+
+
 def shipped_config_dir(repo_id: str, model_configs_dir: str | None = None) -> str | None:
-    return _find_case_insensitive(model_configs_dir or default_model_configs_dir(), repo_id)
+    root = model_configs_dir or default_model_configs_dir()
+    return _find_case_insensitive(root, repo_id) if root else None
 
 
 def _hub_message(error: Exception) -> str:
@@ -165,7 +173,7 @@ def load_facts(
         shipped = shipped_config_dir(model, model_configs_dir)
         if shipped:
             facts = load_model_dir(shipped, name=model)
-            return _with_source(facts, f"shipped config ({os.path.relpath(shipped, REPO_ROOT)})")
+            return _with_source(facts, f"shipped config ({_shipped_name(shipped)})")
     rev = revision or DEFAULT_REVISION
     cache_root = cache_dir or default_cache_dir()
     cached = os.path.join(cache_root, *model.split("/"), rev)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-DEFAULT_VLLM_VERSION = "0.32.0"
+from .layout import VLLM_VERSION as DEFAULT_VLLM_VERSION  # noqa: F401  (the one definition is layout.py)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -1,0 +1,77 @@
+"""Lookup: the vLLM release vllm-fleet pins and the places it uses (module_utils/vllm_fleet/layout.py)."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleError
+from ansible.plugins.lookup import LookupBase
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
+
+DOCUMENTATION = r"""
+name: layout
+short_description: The pinned vLLM release and the paths vllm-fleet shares between its roles
+description:
+  - The one definition of the vLLM release the collection installs and of the directories its roles
+    and modules share (environments, weights, units, secrets, state, the controller's cache), kept
+    in C(plugins/module_utils/vllm_fleet/layout.py). Role defaults read them from here, so an
+    inventory that sets nothing gets the same release and the same places everywhere.
+  - C(env_dir) composes an environment's directory from O(version), O(device) and O(root) (each
+    defaulting to the pinned one); C(model_configs_dir) is the collection's own C(model_configs/).
+options:
+  _terms:
+    description:
+      - Names to look up, one value each. C(vllm_version), C(runtime_root), C(environments_root),
+        C(env_dir), C(state_dir), C(models_root), C(last_good_dir), C(converged_path), C(report_dir),
+        C(unit_dir), C(config_dir), C(controller_cache) (C($VLLM_FLEET_CACHE) when set),
+        C(collection_root), C(model_configs_dir).
+    required: true
+  version:
+    description: For C(env_dir), the vLLM release (empty means the pinned one).
+    type: str
+  device:
+    description: For C(env_dir), the device the environment is built for.
+    type: str
+    default: cuda
+  root:
+    description: For C(env_dir) and C(environments_root), the runtime root (empty means the default one).
+    type: str
+"""
+
+EXAMPLES = r"""
+- name: Show the release an inventory without vllm_version gets
+  ansible.builtin.debug:
+    msg: "{{ lookup('vllm_fleet.fleet.layout', 'vllm_version') }}"
+
+- name: Show where the CPU environment of a release lives
+  ansible.builtin.debug:
+    msg: "{{ lookup('vllm_fleet.fleet.layout', 'env_dir', version=vllm_version, device='cpu') }}"
+"""
+
+RETURN = r"""
+_raw:
+  description: One value per name.
+  type: list
+  elements: str
+"""
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        self.set_options(var_options=variables, direct=kwargs)
+        known = layout.values()
+        answers = []
+        for term in terms:
+            name = str(term)
+            root = self.get_option("root") or layout.RUNTIME_ROOT
+            if name == "env_dir":
+                version = self.get_option("version") or layout.VLLM_VERSION
+                answers.append(layout.env_dir(version=version, device=self.get_option("device") or "cuda", root=root))
+            elif name == "environments_root":
+                answers.append(layout.environments_root(root))
+            elif name not in known:
+                names = ", ".join(["env_dir", *sorted(known)])
+                raise AnsibleError(f"vllm_fleet.fleet.layout knows no {name!r}; it knows {names}")
+            elif known[name] is None:
+                raise AnsibleError(f"vllm_fleet.fleet.layout cannot find {name}: no roles/ beside its plugins")
+            else:
+                answers.append(known[name])
+        return answers

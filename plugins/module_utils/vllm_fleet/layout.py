@@ -1,0 +1,76 @@
+"""The vLLM release vllm-fleet installs and the places it keeps things: defined here once.
+
+Playbooks and roles read these through the lookup vllm_fleet.fleet.layout, modules and the CLI import
+them, the Makefile reads VLLM_VERSION from this file, and tests/unit/test_one_source.py fails when the
+version or one of these paths is written anywhere else: a vLLM bump that missed one copy used to plan
+against one release and install another (issue 14). Inventories still choose per host or group
+(vllm_version, vllm_runtime_root, model_weights_root, ...); these are the defaults they override.
+"""
+
+from __future__ import annotations
+
+import os
+
+VLLM_VERSION = "0.32.0"
+
+# On the hosts.
+RUNTIME_ROOT = "/opt/vllm-fleet"  # <root>/envs/vllm-<version>-<device>, <root>/wheelhouse/...
+STATE_DIR = "/var/lib/vllm-fleet"
+MODELS_ROOT = f"{STATE_DIR}/models"  # <root>/<owner>/<name>/<revision>
+LAST_GOOD_DIR = f"{STATE_DIR}/last-good"
+CONVERGED_PATH = f"{STATE_DIR}/converged.json"
+REPORT_DIR = f"{STATE_DIR}/reports"
+UNIT_DIR = "/etc/systemd/system"
+CONFIG_DIR = "/etc/vllm-fleet"  # the units' 0600 secrets files, <name>.env
+
+# On the controller: wheelhouses and the models mirror ($VLLM_FLEET_CACHE moves it).
+CONTROLLER_CACHE = "/var/cache/vllm-fleet"
+
+
+def environments_root(root: str = RUNTIME_ROOT) -> str:
+    return f"{root}/envs"
+
+
+def env_dir(version: str = VLLM_VERSION, device: str = "cuda", root: str = RUNTIME_ROOT) -> str:
+    """One environment per vLLM release and device, side by side, so an upgrade keeps the previous
+    one for a rollback."""
+    return f"{environments_root(root)}/vllm-{version}-{device}"
+
+
+def unit_name(model_name: str) -> str:
+    return f"vllm-{model_name}.service"
+
+
+def unit_path(model_name: str, unit_dir: str = UNIT_DIR) -> str:
+    return f"{unit_dir}/{unit_name(model_name)}"
+
+
+def controller_cache() -> str:
+    return os.environ.get("VLLM_FLEET_CACHE") or CONTROLLER_CACHE
+
+
+def collection_root() -> str | None:
+    """The collection's (or the checkout's) root on the controller, where model_configs/ ships; None
+    inside a module's payload on a host, which carries module_utils but not the collection."""
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+    return root if os.path.isdir(os.path.join(root, "roles")) else None
+
+
+def values() -> dict:
+    """Every name the lookup answers (one value each)."""
+    root = collection_root()
+    return {
+        "vllm_version": VLLM_VERSION,
+        "runtime_root": RUNTIME_ROOT,
+        "environments_root": environments_root(),
+        "state_dir": STATE_DIR,
+        "models_root": MODELS_ROOT,
+        "last_good_dir": LAST_GOOD_DIR,
+        "converged_path": CONVERGED_PATH,
+        "report_dir": REPORT_DIR,
+        "unit_dir": UNIT_DIR,
+        "config_dir": CONFIG_DIR,
+        "controller_cache": controller_cache(),
+        "collection_root": root,
+        "model_configs_dir": os.path.join(root, "model_configs") if root else None,
+    }
