@@ -150,7 +150,8 @@ def vllm_start_window(profile: dict) -> float:
     def end_of(prefix: str) -> float:
         return max(t["start"] + t["duration"] for t in tasks if t["name"].startswith(prefix))
 
-    return end_of("vllm_probe : Wait for /health") - end_of("vllm_service : Ensure each model's unit is enabled")
+    health_answered = end_of("vllm_fleet.fleet.vllm_probe : Wait for /health")
+    return health_answered - end_of("vllm_fleet.fleet.vllm_service : Ensure each model's unit is enabled")
 
 
 def main() -> int:

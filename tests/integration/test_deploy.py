@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from tests.hosts import testhosts
-from tests.integration import ansible_run
+from tests.integration import ansible_run, installed
 from tests.support.hub import StandInHub, publish_tiny_model
 
 pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
@@ -121,8 +121,10 @@ def test_a_refused_flag_on_a_cold_host_fails_in_vllms_words_keeps_the_environmen
     assert result.returncode != 0
     assert "vllm: error: unrecognized arguments: --max-num-seqs-typo 4" in output, output[-4000:]
     # The unit had started before the verdict came; the refusal stopped and disabled it.
-    started = output.index("TASK [vllm_service : Ensure each model's unit is enabled and started]")
-    assert started < output.index("TASK [vllm_runtime : Wait for the proof of the new environment"), output[-6000:]
+    started = output.index("TASK [vllm_fleet.fleet.vllm_service : Ensure each model's unit is enabled and started]")
+    assert started < output.index("TASK [vllm_fleet.fleet.vllm_runtime : Wait for the proof of the new environment"), (
+        output[-6000:]
+    )
     assert "TASK [Stop the new units, which started before the proof refused them]" in output
     state = testhosts.ssh(host, "systemctl is-active vllm-tiny; systemctl is-enabled vllm-tiny", check=False)
     assert state.stdout.split() == ["inactive", "disabled"], state.stdout
@@ -149,7 +151,9 @@ def test_a_later_failure_while_the_proof_runs_reports_the_proofs_verdict_first(f
     # The first thing that failed on the host was the download (the task heading above it).
     first = min(i for i in (output.find(f"fatal: [{host.name}]"), output.find(f"failed: [{host.name}]")) if i >= 0)
     failed_task = output[:first].rsplit("TASK [", 1)[1].split("]", 1)[0]
-    assert failed_task.startswith("model_weights : Ensure each model's pinned revision"), output[-4000:]
+    assert failed_task.startswith("vllm_fleet.fleet.model_weights : Ensure each model's pinned revision"), output[
+        -4000:
+    ]
     assert re.search(r"the change failed \(vllm: error: unrecognized arguments: --max-num-seqs-typo 4", output), output[
         -4000:
     ]
@@ -171,10 +175,10 @@ def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deploye
     # that import. On a cold host (this test alone) the proof's process checks the line, and runs
     # while the unit starts (test_rollout.py's first deployment checks that order on three hosts).
     built, cold = fleet.built_before, {h.name for h in fleet.hosts} - fleet.built_before
-    assert ansible_run.task_lines(output, "vllm_runtime : Start proving the environment") == {
+    assert ansible_run.task_lines(output, "vllm_fleet.fleet.vllm_runtime : Start proving the environment") == {
         f"ok: [{n}]" for n in cold
     }, output[-4000:]
-    assert ansible_run.task_lines(output, "vllm_service : Check each changed command line") == {
+    assert ansible_run.task_lines(output, "vllm_fleet.fleet.vllm_service : Check each changed command line") == {
         f"skipping: [{n}]" for n in cold
     } | {f"ok: [{n}]" for n in built}, output[-4000:]
     for host in fleet.hosts:
@@ -188,10 +192,10 @@ def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deploye
         assert request(host, "/v1/completions", {"model": "tiny", "prompt": "hi"}, api_key=None)[0] == 401
 
 
-FULL_RUN_TASK = "TASK [vllm_runtime : "
+FULL_RUN_TASK = "TASK [vllm_fleet.fleet.vllm_runtime : "
 
 
-def test_a_second_run_changes_nothing(fleet, deployed):
+def test_a_second_run_changes_nothing(fleet, deployed, tmp_path):
     before = {h.name: unit_state(h) for h in fleet.hosts}
     again = fleet.play()
     assert again.returncode == 0, again.output[-4000:]
@@ -202,8 +206,19 @@ def test_a_second_run_changes_nothing(fleet, deployed):
     for host in fleet.hosts:
         assert re.search(rf"{host.name}\s+tiny\s+unchanged\s+as the last full run left it", again.output), again.output
     assert {h.name: unit_state(h) for h in fleet.hosts} == before
-    # The full run, forced, changes nothing either: the fast path hides no change.
-    full = fleet.play("site.yml", "-e", "vllm_rollout_fast_path=false")
+    # The full run, forced, changes nothing either: the fast path hides no change. It runs from the
+    # collection as an operator installs it (issue 14): built, installed from a requirements.yml into a
+    # directory that holds only that and the inventory, with none of the checkout's settings; every role
+    # runs from the installed copy and probes with real requests, and finds these hosts as they are.
+    project = installed.project_with(tmp_path / "project", ansible_run.REPO_ROOT / "inventories/local")
+    # The test hosts are made afresh each session: their ssh host keys are not worth keeping.
+    (project / "inventory/group_vars/all.yml").write_text(
+        (project / "inventory/group_vars/all.yml").read_text()
+        + "ansible_ssh_common_args: -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no\n"
+    )
+    args = ("-i", "inventory", "vllm_fleet.fleet.site", "-e", "vllm_rollout_fast_path=false")
+    full = installed.run(project, "ansible-playbook", *args, env=fleet.env())
+    fleet.outputs.append(full.output)
     assert full.returncode == 0, full.output[-4000:]
     assert FULL_RUN_TASK in full.output and full.output.count('"chat: ') == len(fleet.hosts)
     assert full.changed() == {h.name: 0 for h in fleet.hosts}, full.output[-4000:]
@@ -237,7 +252,7 @@ def test_a_changed_input_is_a_full_run_on_every_host(fleet, deployed):
     assert result.output.count('"chat: ') == len(fleet.hosts)
     again = fleet.play("site.yml", *from_facts)
     assert again.returncode == 0 and FULL_RUN_TASK not in again.output, again.output[-4000:]
-    assert "TASK [vllm_rollout : Gather the minimal facts]" in again.output
+    assert "TASK [vllm_fleet.fleet.vllm_rollout : Gather the minimal facts]" in again.output
     assert again.changed() == {h.name: 0 for h in fleet.hosts}, again.output[-4000:]
 
 

@@ -204,24 +204,26 @@ def test_first_deployment_is_kept_as_the_last_good_state(fleet, converged):
     # parser check, before the unit is written.
     bare, seeded = fleet.hosts[0].name, {h.name for h in fleet.hosts[1:]}
     output = converged.output
-    assert ansible_run.task_lines(output, "vllm_runtime : Start proving the environment") == {f"ok: [{bare}]"}
+    assert ansible_run.task_lines(output, "vllm_fleet.fleet.vllm_runtime : Start proving the environment") == {
+        f"ok: [{bare}]"
+    }
     heard = ansible_run.task_lines_between(
         output,
-        "vllm_runtime : Wait for the proof",
-        "vllm_service : Ensure each model's unit is enabled and started",
-        "vllm_probe : Wait for /health",
+        "vllm_fleet.fleet.vllm_runtime : Wait for the proof",
+        "vllm_fleet.fleet.vllm_service : Ensure each model's unit is enabled and started",
+        "vllm_fleet.fleet.vllm_probe : Wait for /health",
     )
     # (The seeded hosts have no proof to hear: their lines, if any, say skipping.) The proof wrote the
     # proven environment's record (vllm_serve_check record_file): its verdict reports that change.
     assert {line for line in heard if not line.startswith("skipping:")} == {f"changed: [{bare}]"}, output[-6000:]
     heard_before_the_units = ansible_run.task_lines_between(
         output,
-        "vllm_runtime : Wait for the proof",
-        "vllm_runtime : Start proving the environment",
-        "vllm_service : Ensure each model's unit is enabled and started",
+        "vllm_fleet.fleet.vllm_runtime : Wait for the proof",
+        "vllm_fleet.fleet.vllm_runtime : Start proving the environment",
+        "vllm_fleet.fleet.vllm_service : Ensure each model's unit is enabled and started",
     )
     assert not {line for line in heard_before_the_units if not line.startswith("skipping:")}, output[-6000:]
-    assert ansible_run.task_lines(output, "vllm_service : Check each changed command line") == {
+    assert ansible_run.task_lines(output, "vllm_fleet.fleet.vllm_service : Check each changed command line") == {
         f"skipping: [{bare}]"
     } | {f"ok: [{n}]" for n in seeded}
 
@@ -252,7 +254,7 @@ def test_a_good_change_rolls_through_in_batches_while_clients_are_served(fleet, 
     # environment accepted that shape at the first deployment (the bare host's in its proof, the
     # seeded hosts' in the service role's check), which keeps it: no host imports vLLM to parse it
     # again before its restart.
-    assert ansible_run.task_lines(result.output, "vllm_service : Check each changed command line") == {
+    assert ansible_run.task_lines(result.output, "vllm_fleet.fleet.vllm_service : Check each changed command line") == {
         f"skipping: [{h.name}]" for h in fleet.hosts
     }, result.output[-6000:]
     for host in fleet.hosts:

@@ -103,9 +103,33 @@ def test_every_role_documents_and_specs_each_of_its_variables():
             assert f"`{name}`" in readme, f"{role.name}/README.md does not list {name}"
             assert name in spec_options, f"{role.name}/meta/argument_specs.yml does not list {name}"
         # Every tasks file used as an entry point (tasks_from) has its own argument spec.
-        for book in (ROOT / "playbooks").glob("*.yml"):
-            for tasks_from in re.findall(rf"name: {role.name}\n\s+tasks_from: (\w+)\.yml", book.read_text()):
-                assert tasks_from in specs, (role.name, tasks_from)
+        books = [*(ROOT / "playbooks").glob("*.yml"), *(ROOT / "roles").glob("*/tasks/*.yml")]
+        used = [
+            tasks_from
+            for book in books
+            for tasks_from in re.findall(
+                rf"name: vllm_fleet\.fleet\.{role.name}\n\s+tasks_from: ([\w-]+)\.yml", book.read_text()
+            )
+        ]
+        for tasks_from in used:
+            assert tasks_from in specs, (role.name, tasks_from)
+        if role.name in ("vllm_rollout", "vllm_runtime"):
+            assert used, f"no entry point of {role.name} found: the pattern above no longer matches the playbooks"
+
+
+def test_playbooks_and_roles_name_roles_by_their_collection():
+    # No roles_path in ansible.cfg: a short name would work from no installed copy (issue 14).
+    assert not re.search(r"^roles_path", (ROOT / "ansible.cfg").read_text(), flags=re.M)
+    books = [
+        *(ROOT / "playbooks").glob("*.yml"),
+        *(ROOT / "roles").glob("*/tasks/*.yml"),
+        *(ROOT / "molecule").rglob("*.yml"),
+        *(ROOT / "tests").rglob("*.yml"),
+    ]
+    roles = "|".join(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
+    for book in books:
+        short = re.findall(rf"^\s+(?:- )?(?:role|name): ({roles})\s*$", book.read_text(), flags=re.M)
+        assert not short, f"{book.relative_to(ROOT)} names roles without vllm_fleet.fleet: {short}"
 
 
 def test_every_module_documents_in_valid_yaml_each_option_of_its_argument_spec():
