@@ -1,6 +1,6 @@
 # vllm-fleet: the two commands of the README, and the steps they are made of.
 #   make demo   set everything up and serve a tiny model on a local test host
-#   make test   the whole suite: lint, unit tests, integration tests on real test hosts
+#   make test   the whole suite: lint, ansible-test sanity and units, unit tests, integration tests on real test hosts
 #   make bench  the operator benchmarks: ratios against the manual way and ping (docs/benchmarks.md)
 #   make check  the developers' quick loop: lint, unit tests, the integration tests that start no vLLM
 SHELL := /bin/bash
@@ -20,7 +20,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export UV_NATIVE_TLS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv lock lint unit integration test check demo hosts-up hosts-down vllm-cpu clean-hosts bench
+.PHONY: help deps venv lock lint unit sanity ansible-units integration test check demo hosts-up hosts-down vllm-cpu clean-hosts bench
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -50,12 +50,21 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit
 
+# ansible-test (issue 14) over the collection as it ships: scripts/ansible-test.sh builds and installs it
+# where ansible-test needs it, which makes one environment per test with the tools it pins.
+sanity: venv
+	bash scripts/ansible-test.sh sanity
+
+ansible-units: venv
+	bash scripts/ansible-test.sh units
+
 integration: deps venv vllm-cpu
 	VLLM_FLEET_VLLM_PYTHON=$(VLLM_CPU_ENV)/bin/python $(PY) -m pytest tests/integration
 
 # The whole suite, as CI runs it. The last step proves nothing was left behind.
 test: deps venv vllm-cpu
 	@bash scripts/timed.sh lint $(MAKE) --no-print-directory lint
+	@bash scripts/timed.sh ansible-test $(MAKE) --no-print-directory sanity ansible-units
 	@bash scripts/timed.sh pytest env VLLM_FLEET_VLLM_PYTHON=$(VLLM_CPU_ENV)/bin/python $(PY) -m pytest --durations=25 tests
 	@bash scripts/timed.sh leftovers $(PY) -m tests.hosts leftovers
 

@@ -30,7 +30,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars or {})
         del tmp
-        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         # dest as written: type path would expand "~" with the controller's home.
         src, dest, marker = args["src"], self._task.args["dest"], args["marker"]
         if "/" in marker or marker in ("", ".", ".."):

@@ -9,12 +9,6 @@ play never reached. With VLLM_FLEET_SUMMARY_JSON set, it also writes the rows th
 
 from __future__ import annotations
 
-import json
-import os
-
-from ansible.plugins.callback import CallbackBase
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import summary_table
-
 DOCUMENTATION = r"""
 name: vllm_fleet_summary
 type: aggregate
@@ -31,6 +25,12 @@ options:
     env:
       - name: VLLM_FLEET_SUMMARY_JSON
 """
+
+import json
+import os
+
+from ansible.plugins.callback import CallbackBase
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import summary_table
 
 FACT = "vllm_rollout_summary"
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleError
-from ansible.plugins.lookup import LookupBase
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
-
 DOCUMENTATION = r"""
 name: layout
 short_description: The pinned vLLM release and the paths vllm-fleet shares between its roles
@@ -52,6 +48,10 @@ _raw:
   type: list
   elements: str
 """
+
+from ansible.errors import AnsibleError
+from ansible.plugins.lookup import LookupBase
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
 
 
 class LookupModule(LookupBase):

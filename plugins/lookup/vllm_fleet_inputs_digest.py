@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
-from ansible.errors import AnsibleError, AnsibleUndefinedVariable
-from ansible.plugins.lookup import LookupBase
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import converged, layout
-
 DOCUMENTATION = r"""
 name: vllm_fleet_inputs_digest
 short_description: The sha256 of a host's vllm-fleet inputs - its variables and the project's code
@@ -43,6 +36,13 @@ _raw:
   type: list
   elements: str
 """
+
+import functools
+from pathlib import Path
+
+from ansible.errors import AnsibleError, AnsibleUndefinedVariable
+from ansible.plugins.lookup import LookupBase
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import converged, layout
 
 PREFIXES = ("vllm_", "model_weights_")
 

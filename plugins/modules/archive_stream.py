@@ -8,14 +8,11 @@ it over and runs this module with remote_src.
 
 from __future__ import annotations
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule
-
 DOCUMENTATION = r"""
 ---
 module: archive_stream
 short_description: Stream a tar archive from the controller into a directory on the host, once
+version_added: "0.1.0"
 description:
   - Unpacks the uncompressed tar archive O(src) into O(dest), then creates O(marker) inside
     O(dest). While that marker exists nothing is done, so an interrupted unpack is done again
@@ -48,7 +45,14 @@ options:
     description: O(src) is already on the host.
     type: bool
     default: false
-author: vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: Reports a change when O(marker) is missing from O(dest); transfers and unpacks nothing.
+requirements:
+  - C(tar) on the host (the unpack runs C(tar -x)).
 """
 
 EXAMPLES = r"""
@@ -64,16 +68,22 @@ dest:
   description: The directory unpacked into.
   returned: always
   type: str
+  sample: /srv/vllm/wheelhouse/cuda-py311
 streamed:
   description: Whether the archive was piped through the connection (false when copied first, or unchanged).
   returned: always
   type: bool
+  sample: true
 archive_bytes:
   description: The archive's size in bytes, when it was unpacked.
   returned: changed
   type: int
+  sample: 938475520
 """
 
+import os
+
+from ansible.module_utils.basic import AnsibleModule
 
 # Also the action plugin's: it validates a task's arguments on the controller, and may never run this.
 ARGUMENT_SPEC = {

@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.gpus import (
-    UnknownGPUError,
-    parse_nvidia_smi,
-    resolve,
-)
-
 DOCUMENTATION = r"""
 ---
 module: gpu_facts
 short_description: Report a host's NVIDIA GPUs (name, memory, compute capability)
+version_added: "0.1.0"
 description:
   - Runs C(nvidia-smi --query-gpu=index,name,memory.total,compute_cap --format=csv,noheader,nounits)
     when nvidia-smi is on the host, and resolves each GPU through the vllm-fleet GPU catalog.
@@ -49,8 +43,16 @@ options:
         reports what preflight would refuse), the differences are returned in RV(declared_mismatch).
     type: bool
     default: true
-author:
-  - vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: Runs the same read-only nvidia-smi query as a normal run and returns the same
+        result; the module never changes anything.
+requirements:
+  - C(nvidia-smi) on the host (or the one O(nvidia_smi) names) to detect the GPUs; without it,
+    or with O(detect=false), the GPUs in O(declared) are returned.
 """
 
 EXAMPLES = r"""
@@ -75,12 +77,21 @@ detected:
   description: True when the list came from nvidia-smi, false when from the inventory.
   returned: always
   type: bool
+  sample: true
 declared_mismatch:
   description: Differences between the declared and the detected GPUs (empty when none declared).
   returned: always
   type: list
   elements: str
+  sample: ["declared 2 GPUs, detected 1"]
 """
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.gpus import (
+    UnknownGPUError,
+    parse_nvidia_smi,
+    resolve,
+)
 
 QUERY = ["--query-gpu=index,name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
 

@@ -3,26 +3,11 @@
 
 from __future__ import annotations
 
-import fnmatch
-import os
-import shutil
-from pathlib import Path
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.weights import (
-    RemoteFile,
-    is_model_file,
-    manifest_is_complete,
-    plan_download,
-    read_manifest,
-    space_problem,
-    write_manifest,
-)
-
 DOCUMENTATION = r"""
 ---
 module: modelscope_download
 short_description: Download a pinned model revision from ModelScope, verified by sha256
+version_added: "0.1.0"
 description:
   - Lists the files of I(model) at I(revision) on the hub, works out which are missing or changed
     in I(local_dir), checks the disk has room, and downloads them with the ModelScope SDK's
@@ -80,7 +65,16 @@ options:
     description: Mode of the downloaded files, so a service user can read them.
     type: str
     default: "0644"
-author: vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: Lists the revision on the hub (unless the manifest already proves the files) and reports
+        what it would download in RV(downloaded) and RV(bytes_downloaded); downloads and writes nothing.
+requirements:
+  - The ModelScope SDK (C(modelscope), which brings C(modelscope-hub)), importable by the Python
+    that runs the module (set C(ansible_python_interpreter) to that environment's C(bin/python)).
 """
 
 EXAMPLES = r"""
@@ -100,23 +94,44 @@ downloaded:
   type: list
   elements: str
   returned: always
+  sample: [config.json, model-00001-of-00004.safetensors, model-00002-of-00004.safetensors]
 bytes_downloaded:
   description: Their total size in bytes.
   type: int
   returned: always
+  sample: 7963365376
 files:
   description: Number of files of the revision.
   type: int
   returned: always
+  sample: 14
 hub_contacted:
   description: Whether the hub was asked at all (false when the manifest proved the files locally).
   type: bool
   returned: always
+  sample: true
 local_dir:
   description: The directory that holds the revision.
   type: str
   returned: always
+  sample: /srv/models/qwen/Qwen2.5-7B-Instruct/master
 """
+
+import fnmatch
+import os
+import shutil
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.weights import (
+    RemoteFile,
+    is_model_file,
+    manifest_is_complete,
+    plan_download,
+    read_manifest,
+    space_problem,
+    write_manifest,
+)
 
 
 def _selected(path: str, allow: list[str], ignore: list[str]) -> bool:

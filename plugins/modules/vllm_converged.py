@@ -3,24 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.converged import (
-    differences,
-    installed_packages,
-    make_record,
-)
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.files import write_json_atomically
-
 DOCUMENTATION = r"""
 ---
 module: vllm_converged
 short_description: Record a host's converged state after a full run; check it before the next one
+version_added: "0.1.0"
 description:
   - C(action=save), at the end of a full run that passed, writes O(path) (C(0600) root) - the
     O(digest) of the run's inputs and the state the run left - each of O(files) with its sha256,
@@ -88,7 +75,15 @@ options:
     description: Seconds each health URL has to answer in C(action=check).
     type: float
     default: 3
-author: vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: C(action=check) runs as in a normal run (it never changes anything); C(action=save)
+        reports whether the record would change and writes nothing.
+requirements:
+  - C(systemctl) on the host when the saved record names systemd units (C(action=check)).
 """
 
 EXAMPLES = r"""
@@ -112,18 +107,42 @@ converged:
   description: With C(action=check), whether a full run would change nothing on this host.
   returned: action=check
   type: bool
+  sample: false
 reasons:
   description: With C(action=check), what differs (empty when converged).
   returned: action=check
   type: list
   elements: str
+  sample:
+    - vllm-qwen-7b.service is inactive, not active
+    - the weights in /srv/models/qwen/Qwen2.5-7B-Instruct/master are not as verified
 record:
   description:
     - With C(action=save), the record written (or that would be, in check mode; empty in check mode
       when what it names does not exist yet).
   returned: action=save
   type: dict
+  sample:
+    version: 1
+    digest: ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb
+    units: [vllm-qwen-7b.service]
+    weights: [{dir: /srv/models/qwen/Qwen2.5-7B-Instruct/master, repo: qwen/Qwen2.5-7B-Instruct, revision: master}]
+    health_urls: ["http://127.0.0.1:8000/health"]
 """
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.converged import (
+    differences,
+    installed_packages,
+    make_record,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.files import write_json_atomically
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 

@@ -3,27 +3,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-import time
-from pathlib import Path
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import (
-    SLOTS,
-    changes,
-    choose_restore,
-    rotate,
-)
-
 DOCUMENTATION = r"""
 ---
 module: vllm_last_good
 short_description: Keep and restore the last good systemd unit and secrets file of a vLLM model
+version_added: "0.1.0"
 description:
   - Per host and model, two good states are kept under O(state_dir)/<name>/ - C(current), the
     last deployment that passed its probe, and C(previous), the good one before it. Each is a copy
@@ -71,7 +55,13 @@ options:
       - Where the good states are kept.
       - Omitted means the collection's place for them (lookup P(vllm_fleet.fleet.layout#lookup), C(last_good_dir)).
     type: path
-author: vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: Reports what it would save (RV(changes)) or which good state it would restore (RV(slot));
+        copies and writes nothing.
 """
 
 EXAMPLES = r"""
@@ -109,24 +99,56 @@ slot:
   description: With C(restore), the good state put back (C(current) or C(previous)), or null.
   returned: action=restore
   type: str
+  sample: current
 reason:
   description: Why that slot (or nothing) was restored.
   returned: action=restore
   type: str
+  sample: the installed unit is not the last good state
 record:
   description: The record saved, or the one restored.
   returned: action=save, action=restore
   type: dict
+  sample:
+    name: qwen-7b
+    model: {name: qwen-7b, model: qwen/Qwen2.5-7B-Instruct, revision: master, port: 8000}
+    vllm_version: "0.31.1"
+    env_dir: /srv/vllm/envs/vllm-0.31.1-cuda
+    model_dir: /srv/models/qwen/Qwen2.5-7B-Instruct/master
+    unit_sha256: 3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d
+    saved_at: "2025-06-02T14:03:11+0000"
 records:
   description: With C(read), per model name, its C(current) and C(previous) records.
   returned: action=read
   type: dict
+  sample:
+    qwen-7b:
+      current: {name: qwen-7b, vllm_version: "0.31.1", env_dir: /srv/vllm/envs/vllm-0.31.1-cuda}
+      previous: null
 in_use:
   description: Environment and weights directories that kept records point at (never prune these).
   returned: always
   type: list
   elements: str
+  sample: [/srv/models/qwen/Qwen2.5-7B-Instruct/master, /srv/vllm/envs/vllm-0.31.1-cuda]
 """
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import (
+    SLOTS,
+    changes,
+    choose_restore,
+    rotate,
+)
 
 
 def sha256_of(path: Path) -> str | None:
@@ -206,7 +228,7 @@ def save(module: AnsibleModule, state_dir: Path, name: str, unit: Path, env: Pat
     record |= {"name": name, "unit_sha256": sha256_of(unit), "env_sha256": sha256_of(env)}
     model_dir = state_dir / name
     current, previous = read_slot(model_dir, "current"), read_slot(model_dir, "previous")
-    new_current, _, changed = rotate(current, previous, record)
+    new_current, _previous, changed = rotate(current, previous, record)
     result = {"changed": changed, "changes": changes(current, record) if changed else [], "record": new_current}
     if changed and not module.check_mode:
         record["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check_host
-
 DOCUMENTATION = r"""
 ---
 module: vllm_preflight
 short_description: Refuse, before any host change, models that cannot run on a host's GPUs
+version_added: "0.1.0"
 description:
   - Checks every model of a host (C(vllm_models)) against the host's GPUs, the pinned vLLM
     version and the compatibility rules of vllm-fleet (docs/preflight.md), and returns the plan a
@@ -62,8 +58,16 @@ options:
   hub_token:
     description: ModelScope API token for private repos.
     type: str
-author:
-  - vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: Judges the models as a normal run does and changes nothing on any host; configs it
+        fetches from the hub are still kept in O(cache_dir) on the controller.
+requirements:
+  - The ModelScope SDK (C(modelscope)) in the controller's Python, only when a model's config
+    must be fetched from the hub (O(fetch=true) and no local copy).
 """
 
 EXAMPLES = r"""
@@ -92,12 +96,28 @@ plan:
     errors:
       description: Host-wide errors (GPU sharing, ports), each with rule, message and fix.
       type: list
+  sample:
+    verdict: ok
+    vllm_version: "0.31.1"
+    device: cuda
+    gpus: [{index: 0, name: A100-80GB, memory_mib: 81920, compute_capability: "8.0"}]
+    models:
+      - {model: qwen-7b, repo: qwen/Qwen2.5-7B-Instruct, verdict: ok, gpus: [0], tp: 1, dtype: bfloat16,
+         weights_gib: 14.2, kv_cache_gib: 55.1, kv_tokens: 1031680, max_model_len_fit: 32768, errors: []}
+    errors: []
+    warnings: []
 refused:
   description: Names of the refused models.
   returned: always
   type: list
   elements: str
+  sample: [qwen-72b]
 """
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check_host
 
 
 def _summary(plan: dict) -> str:

@@ -3,33 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import (
-    compare_with_plan,
-    format_comparison,
-    parse_engine_report,
-    refusal_problem,
-)
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.probe import (
-    CHAT,
-    COMPLETIONS,
-    check_chat_response,
-    check_completion_response,
-    journal_tail,
-    read_answer,
-    summary_line,
-    throughput,
-)
-
 DOCUMENTATION = r"""
 ---
 module: vllm_probe
 short_description: Prove a vLLM OpenAI server answers well, and compare its engine with the plan
+version_added: "0.1.0"
 description:
   - Waits for C(/health) of the server at I(base_url) (bounded by I(health_timeout), polled every
     second), then sends a real C(/v1/chat/completions) and a real C(/v1/completions) request with the
@@ -103,8 +81,13 @@ options:
         straight to the host.
     type: bool
     default: false
-author:
-  - vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: Sends no request; returns the URLs it would probe in RV(would_probe), and the engine
+        report and comparison read from O(journal).
 """
 
 EXAMPLES = r"""
@@ -132,14 +115,24 @@ healthy:
   description: Whether C(/health) answered 200 in time (null in check mode).
   returned: always
   type: bool
+  sample: true
 health_wait_s:
   description: Seconds until C(/health) answered 200 (or until the probe gave up).
   returned: always
   type: float
+  sample: 41.0
 chat:
   description: The C(/v1/chat/completions) request, when probed.
   returned: when chat was probed
   type: dict
+  sample:
+    status: 200
+    latency_s: 0.412
+    completion_tokens: 9
+    tokens_per_s: 21.8
+    text: "Hello! How can I help you today?"
+    finish_reason: stop
+    problems: []
   contains:
     status:
       description: HTTP status (null when the server could not be reached).
@@ -167,6 +160,14 @@ completions:
   description: The C(/v1/completions) request, when probed; the same keys as I(chat).
   returned: when completions was probed
   type: dict
+  sample:
+    status: 200
+    latency_s: 0.38
+    completion_tokens: 16
+    tokens_per_s: 42.1
+    text: " Paris. It is the capital and the largest city of France, with a population"
+    finish_reason: length
+    problems: []
 engine_report:
   description:
     - What vLLM logged at its last start (keys absent when not logged) - vllm_version, max_model_len,
@@ -175,28 +176,70 @@ engine_report:
       estimated_max_model_len, kv_cache_needed_gib and error.
   returned: always
   type: dict
+  sample:
+    vllm_version: "0.31.1"
+    device: GPU
+    max_model_len: 32768
+    weights_gib: 14.25
+    kv_cache_gib: 54.3
+    kv_cache_tokens: 1016896
+    max_concurrency: 31.03
 comparison:
   description: Rows C({metric, predicted, measured, error_pct}); error_pct > 0 means the plan over-predicted.
   returned: always
   type: list
   elements: dict
+  sample: [{metric: "KV cache GiB", predicted: 55.1, measured: 54.3, error_pct: 1.5}]
 problems:
   description: Every problem found, each saying what is wrong, the numbers and what to do.
   returned: always
   type: list
   elements: str
+  sample:
+    - "http://10.77.1.2:8000/health did not answer 200 within 600 s (last: HTTP 503) -- read the unit's
+      journal: the engine may have failed to start, or needs a longer health_timeout"
 summary:
   description:
     - Printable lines - health wait, each answer with latency and tokens/s, the engine against the plan.
   returned: always
   type: list
   elements: str
+  sample:
+    - "/health: 200 after 41.0 s"
+    - "chat: 412 ms, 9 tokens, 21.8 tokens/s, 'Hello! How can I help you today?' (stop)"
 would_probe:
   description: The URLs the probe would request (check mode only).
   returned: in check mode
   type: list
   elements: str
+  sample:
+    - http://10.77.1.2:8000/health
+    - http://10.77.1.2:8000/v1/chat/completions
+    - http://10.77.1.2:8000/v1/completions
 """
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import (
+    compare_with_plan,
+    format_comparison,
+    parse_engine_report,
+    refusal_problem,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.probe import (
+    CHAT,
+    COMPLETIONS,
+    check_chat_response,
+    check_completion_response,
+    journal_tail,
+    read_answer,
+    summary_line,
+    throughput,
+)
 
 HEALTH_POLL_S = 1.0
 HEALTH_REQUEST_TIMEOUT_S = 5.0
@@ -234,7 +277,7 @@ def wait_healthy(opener, base_url: str, api_key: str | None, timeout: float) -> 
     last = "no answer yet"
     while True:
         remaining = deadline - time.monotonic()
-        status, _, error = http(
+        status, _body, error = http(
             opener, f"{base_url}/health", api_key, max(0.1, min(HEALTH_REQUEST_TIMEOUT_S, remaining))
         )
         if status == 200:
@@ -353,7 +396,7 @@ def main() -> None:
             "api_key": {"type": "str", "no_log": True},
             "health_timeout": {"type": "int", "default": 600},
             "request_timeout": {"type": "int", "default": 120},
-            "max_tokens": {"type": "int", "default": 16},
+            "max_tokens": {"type": "int", "default": 16, "no_log": False},  # a count, not a secret (no-log-needed)
             "prompt": {"type": "str", "default": "The capital of France is"},
             "chat_message": {"type": "str", "default": "Say hello in one short sentence."},
             "endpoints": {

@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import prune_choice
-
 DOCUMENTATION = r"""
 ---
 module: vllm_prune
 short_description: Remove old vLLM environments or weight revisions, keeping the newest and those in use
+version_added: "0.1.0"
 description:
   - Looks at the subdirectories of O(path) that carry O(marker) (vllm-fleet made them; anything
     else there is never touched), keeps the O(keep) most recently made (by the mtime of
@@ -37,7 +32,12 @@ options:
     description: A file that marks a subdirectory as one vllm-fleet made.
     type: str
     required: true
-author: vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: Reports the directories it would remove in RV(removed) and removes nothing.
 """
 
 EXAMPLES = r"""
@@ -55,12 +55,20 @@ removed:
   returned: always
   type: list
   elements: str
+  sample: [/srv/vllm/envs/vllm-0.29.0-cuda]
 kept:
   description: The directories kept.
   returned: always
   type: list
   elements: str
+  sample: [/srv/vllm/envs/vllm-0.31.1-cuda, /srv/vllm/envs/vllm-0.30.1-cuda]
 """
+
+import shutil
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollout import prune_choice
 
 
 def main() -> None:

@@ -4,19 +4,11 @@ command lines with that vLLM's own parser, in one process (one import of vLLM an
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import tempfile
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.argv_shapes import keep
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.files import write_json_atomically
-
 DOCUMENTATION = r"""
 ---
 module: vllm_serve_check
 short_description: Prove a vLLM environment and check `vllm serve` command lines with its own parser
+version_added: "0.1.0"
 description:
   - Runs with the Python of the environment under test (set C(ansible_python_interpreter) to it).
     One child process of that Python imports vLLM once, checks the platform it detects, then parses
@@ -66,7 +58,16 @@ options:
     description: What O(record_file) says the environment holds.
     type: dict
     default: {}
-author: vllm-fleet
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - vllm_fleet.fleet.module
+attributes:
+  check_mode:
+    details: Imports vLLM and parses every command line as a normal run does, but writes neither
+        O(accepted_shapes_file) nor O(record_file).
+requirements:
+  - vLLM importable by the Python that runs the module (set C(ansible_python_interpreter) to the
+    environment's C(bin/python)).
 """
 
 EXAMPLES = r"""
@@ -84,29 +85,46 @@ version:
   description: vllm.__version__ of the environment.
   returned: always
   type: str
+  sample: "0.31.1"
 device:
   description: The platform vLLM detected (current_platform.device_type).
   returned: always
   type: str
+  sample: cuda
 checked:
   description: How many command lines were parsed and accepted.
   returned: always
   type: int
+  sample: 2
 shapes_kept:
   description: How many shapes this run added to O(accepted_shapes_file).
   returned: always
   type: int
+  sample: 1
 recorded:
   description: Whether O(record) was written to O(record_file).
   returned: always
   type: bool
+  sample: true
 refused:
   description: The command lines vLLM refused, each with its reason in vLLM's words (C(argv), C(reason)).
   returned: when fail_on_refusal is false
   type: list
   elements: dict
+  sample:
+    - argv: [/srv/vllm/envs/vllm-0.31.1-cuda/bin/vllm, serve, /srv/models/qwen/Qwen2.5-7B-Instruct/master,
+             --num-scheduler-steps, '8']
+      reason: "vllm: error: unrecognized arguments: --num-scheduler-steps 8"
 """
 
+import json
+import os
+import sys
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.argv_shapes import keep
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.files import write_json_atomically
 
 # The check runs in a child process of the same interpreter: torch cannot be imported inside an
 # Ansible module process (ansible-core patches sys.intern with an object, and torch's dynamo refuses

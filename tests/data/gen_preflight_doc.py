@@ -25,15 +25,15 @@ def table() -> str:
         rows.append(f"| `{r.id}` | {r.scope} | {r.checks} | {src} | {versions} | {r.severity} |")
     rows.append("")
     for r in RULES:
-        rows += [f"- **`{r.id}`** — {r.why}", f"  message: “{r.message}” — fix: “{r.fix}”"]
+        rows += [f"- **`{r.id}`** — {r.why}", f'  message: "{r.message}" — fix: "{r.fix}"']
     return "\n".join(rows)
 
 
 def main() -> int:
     doc = ROOT / "docs" / "preflight.md"
     text = doc.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
+    head, _begin, rest = text.partition(BEGIN)
+    _rules, _end, tail = rest.partition(END)
     doc.write_text(f"{head}{BEGIN}\n{table()}\n{END}{tail}")
     return 0
 

@@ -10,7 +10,7 @@ an earlier run built and proved: the role reads the record, finds its own spec a
 its path on every later run of a real fleet. Nothing is faked: the files are the role's own output.
 
 A seed lives in STATE_DIR/seeds/<name>/root, on the same filesystem as the hosts' layers; it is
-removed by its owner (the session fixture in tests/conftest.py) and, failing that, by
+removed by its owner (the session fixture in tests/integration/conftest.py) and, failing that, by
 `python -m tests.hosts destroy` once no host mounts it; `leftovers` reports it.
 """
 

@@ -135,7 +135,7 @@ def test_a_refused_flag_on_a_cold_host_fails_in_vllms_words_keeps_the_environmen
     assert json.loads(record)["version"] == "0.32.0"
     fleet.built_before.add(host.name)
     # This environment, built and proven by the role, is the session's seed for the hosts of tests
-    # that are not about building one (the rollout's, three molecule scenarios': tests/conftest.py).
+    # that are not about building one (the rollout's, three molecule scenarios': tests/integration/conftest.py).
     env_seed.offer(host)
 
 

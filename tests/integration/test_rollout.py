@@ -162,7 +162,7 @@ def rows_by_host(result) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def fleet(host_tooling, env_seed, tmp_path_factory):
     # Host 1 is bare; hosts 2 and 3 boot with the session's proven vLLM environment (an earlier
-    # run built it: tests/conftest.py EnvSeed), so the first deployment shows both paths side by
+    # run built it: tests/integration/conftest.py EnvSeed), so the first deployment shows both paths side by
     # side, and the cold build is paid once rather than three times on two cores.
     hosts = testhosts.create(1) + testhosts.create(2, first=2, seed=env_seed.layer())
     root = tmp_path_factory.mktemp("rollout-hub")

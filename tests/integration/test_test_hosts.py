@@ -93,7 +93,7 @@ def test_a_seeded_host_boots_with_the_seeds_files_and_never_changes_them(test_ho
         testhosts.destroy(["vf9"], inventory)
         removed = seeds.remove(dest)
     assert removed and not dest.exists()
-    # (The session's own seed, tests/conftest.py env_seed, may be there: only this one must be gone.)
+    # (The session's own seed, tests/integration/conftest.py env_seed, may be there: only this one must be gone.)
     assert not [line for line in testhosts.leftovers() if str(dest) in line]
 
 

@@ -78,7 +78,7 @@ class _Faults:
 
 def split_spec(spec: str) -> tuple[str, str]:
     """'owner/name@revision' -> ('owner/name', 'revision'); the revision defaults to master."""
-    repo_id, _, revision = spec.partition("@")
+    repo_id, _at, revision = spec.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"model spec {spec!r} is not 'owner/name[@revision]'")
     return repo_id, revision or DEFAULT_BRANCH
@@ -204,7 +204,7 @@ class StandInHub:
 
     # -- repository data -------------------------------------------------------------------
     def repo_dir(self, repo_id: str) -> Path | None:
-        owner, _, name = repo_id.partition("/")
+        owner, _slash, name = repo_id.partition("/")
         if not owner or not name or {owner, name} & {".", ".."} or "/" in name:
             return None
         path = self.root / owner / name

@@ -71,6 +71,7 @@ def vllm_argv() -> list[str]:
             [python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"],
             capture_output=True,
             timeout=60,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         skip_or_fail(f"VLLM_FLEET_VLLM_PYTHON={python} does not run: {exc}")

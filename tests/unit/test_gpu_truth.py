@@ -134,7 +134,7 @@ def test_rules_give_vllms_tp_verdict(case):
     refused_by_shape = case["measured"].get("error") == SHAPE_REFUSAL
     for gpu in ({"name": "H100", "compute_capability": "9.0", "memory_mib": 81559}, T4):
         rule_case = rules.Case(facts=facts, gpus=[gpu] * tp, flags={}, vllm_version="0.26.0", tp=tp)
-        errors, _ = rules.evaluate(rule_case, "0.26.0", "model", only=RULE_ROWS)
+        errors, _warnings = rules.evaluate(rule_case, "0.26.0", "model", only=RULE_ROWS)
         assert bool(errors) == refused_by_shape, (gpu["name"], errors, case["measured"])
         if refused_by_shape:
             assert [e["rule"] for e in errors] == ["row-parallel-group-alignment"]
@@ -160,7 +160,7 @@ def test_rules_agree_with_vllm(row):
     facts = load_model_dir(str(ROOT / row["config"]))
     gpu = {"name": row["gpu"], "compute_capability": row["cc"], "memory_mib": 15360}
     case = rules.Case(facts=facts, gpus=[gpu] * row["tp"], flags={}, vllm_version="0.26.0", tp=row["tp"])
-    errors, _ = rules.evaluate(case, "0.26.0", "model", only=RULE_ROWS)
+    errors, _warnings = rules.evaluate(case, "0.26.0", "model", only=RULE_ROWS)
     verdict = "refuse" if errors else "accept"
     assert verdict == row["vllm"], (row.get("error"), errors)
 

@@ -188,7 +188,7 @@ def content_url(hub, file_path: str, revision: str = "v1") -> str:
 
 
 def test_listing_reports_path_type_size_sha256(hub_server, published):
-    status, _, body = get(f"{hub_server.url}/api/v1/models/{REPO}/repo/files?Revision=v1&Recursive=True")
+    status, _headers, body = get(f"{hub_server.url}/api/v1/models/{REPO}/repo/files?Revision=v1&Recursive=True")
     assert status == 200
     files = {entry["Path"]: entry for entry in json.loads(body)["Data"]["Files"]}
     assert {path: entry["Sha256"] for path, entry in files.items()} == digests(published["v1"])
@@ -197,7 +197,7 @@ def test_listing_reports_path_type_size_sha256(hub_server, published):
 
 
 def test_revisions_list_master_as_branch_and_others_as_tags(hub_server, published):
-    status, _, body = get(f"{hub_server.url}/api/v1/models/{REPO}/revisions")
+    status, _headers, body = get(f"{hub_server.url}/api/v1/models/{REPO}/revisions")
     revision_map = json.loads(body)["Data"]["RevisionMap"]
     assert status == 200
     assert [b["Revision"] for b in revision_map["Branches"]] == ["master"]
@@ -215,13 +215,13 @@ def test_range_request_gets_206_with_content_range(hub_server, published):
 
 def test_range_past_the_end_gets_416(hub_server, published):
     size = (published["v1"] / "config.json").stat().st_size
-    status, headers, _ = get(content_url(hub_server, "config.json"), {"Range": f"bytes={size}-"})
+    status, headers, _body = get(content_url(hub_server, "config.json"), {"Range": f"bytes={size}-"})
     assert status == 416
     assert headers["Content-Range"] == f"bytes */{size}"
 
 
 def test_path_outside_the_revision_is_not_served(hub_server, published):
-    status, _, body = get(content_url(hub_server, "../master/config.json"))
+    status, _headers, body = get(content_url(hub_server, "../master/config.json"))
     assert status == 404
     assert json.loads(body)["Success"] is False
 
@@ -236,7 +236,7 @@ def test_command_line_prints_url_and_serves(hub_root, published):
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
-        status, _, body = get(f"{url}/api/v1/models/{REPO}/revisions")
+        status, _headers, body = get(f"{url}/api/v1/models/{REPO}/revisions")
         assert status == 200 and json.loads(body)["Success"] is True
     finally:
         proc.terminate()

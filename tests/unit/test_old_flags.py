@@ -24,7 +24,7 @@ def test_every_translation_target_exists_in_0_32(flag):
 @pytest.mark.parametrize("row", [r for r in old_flags.OLD_FLAGS if r.to], ids=lambda r: r.flag)
 def test_translated_argv_uses_only_flags_0_32_knows(row):
     value = (row.values or ("x",))[0] if row.values else True
-    flags, _ = old_flags.translate({row.flag: value})
+    flags, _notes = old_flags.translate({row.flag: value})
     assert all(a in KNOWN for a in to_argv(flags) if a.startswith("--"))
 
 
@@ -50,9 +50,9 @@ def test_old_recipe_flags_translate_or_drop_with_a_note_each():
 
 
 def test_device_cuda_is_dropped_but_device_neuron_is_refused():
-    _, notes = old_flags.translate({"device": "cuda"})
+    _flags, notes = old_flags.translate({"device": "cuda"})
     assert notes[0]["action"] == "drop"
-    _, notes = old_flags.translate({"device": "neuron"})
+    _flags, notes = old_flags.translate({"device": "neuron"})
     assert notes[0]["action"] == "refuse"
 
 

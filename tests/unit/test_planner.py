@@ -127,7 +127,7 @@ SHAPES = [Q7B, Q7B_INT4, Q14B_INT4, Q32B_INT4, qwen15(2560, 6912, 40, 20, 20, 15
 @pytest.mark.parametrize("tp", [1, 2, 3, 4, 8])
 def test_tp_allowed_is_what_the_rules_table_says(facts, tp):
     case = rules.Case(facts=facts, gpus=[], flags={}, vllm_version="0.32.0", tp=tp)
-    errors, _ = rules.evaluate(case, "0.32.0", "model")
+    errors, _warnings = rules.evaluate(case, "0.32.0", "model")
     refused = {e["rule"] for e in errors} & set(rules.TP_SHAPE_RULES)
     assert tp_allowed(facts, tp) == (not refused), refused
 

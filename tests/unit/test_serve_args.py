@@ -34,7 +34,7 @@ def test_binary_suffix_with_decimals_is_refused_like_vllm():
 
 
 def test_booleans_and_no_forms():
-    flags, _ = parse_argv(["--enforce-eager", "--no-enable-prefix-caching", "--disable-log-stats"])
+    flags, _positional = parse_argv(["--enforce-eager", "--no-enable-prefix-caching", "--disable-log-stats"])
     assert flags == {"enforce-eager": True, "enable-prefix-caching": False, "disable-log-stats": True}
 
 
@@ -44,7 +44,7 @@ def test_model_positional_and_list_flag():
 
 
 def test_unknown_old_flags_are_kept_for_translation():
-    flags, _ = parse_argv(["--worker-use-ray", "--max-paddings", "256"])
+    flags, _positional = parse_argv(["--worker-use-ray", "--max-paddings", "256"])
     assert flags == {"worker-use-ray": True, "max-paddings": 256}
 
 

@@ -63,7 +63,7 @@ def test_each_label_is_a_known_one_with_a_one_sentence_why(name):
 
 
 def test_the_modeled_set_is_what_the_planner_and_rules_read():
-    modeled = {name for name, (label, _) in LABELS.items() if label == MODELED}
+    modeled = {name for name, (label, _why) in LABELS.items() if label == MODELED}
     assert modeled == EXPECTED_MODELED, (
         f"modeled but not expected: {sorted(modeled - EXPECTED_MODELED)}; "
         f"expected but not modeled: {sorted(EXPECTED_MODELED - modeled)}"

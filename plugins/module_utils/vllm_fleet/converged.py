@@ -122,7 +122,7 @@ def installed_packages(dpkg_status: str) -> set[str]:
         fields = {}
         for line in stanza.splitlines():
             if line and not line[0].isspace() and ":" in line:
-                key, _, value = line.partition(":")
+                key, _sep, value = line.partition(":")
                 fields[key] = value.strip()
         if fields.get("Status", "").endswith(" installed") and "Package" in fields:
             installed.add(fields["Package"])

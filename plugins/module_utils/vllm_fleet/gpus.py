@@ -74,7 +74,7 @@ for _short, (_cc, _mib, _tb, _smi) in CATALOG.items():
 
 
 def _entry(short: str, spelled: str) -> dict:
-    cc, mib, torch_bytes, _ = CATALOG[short]
+    cc, mib, torch_bytes, _rest = CATALOG[short]
     return {
         "name": short,
         "reported_name": spelled,
@@ -130,7 +130,7 @@ def resolve(item) -> dict:
 
 def cc_int(gpu: dict) -> int:
     """Compute capability as vLLM compares it: "7.5" -> 75."""
-    major, _, minor = str(gpu["compute_capability"]).partition(".")
+    major, _dot, minor = str(gpu["compute_capability"]).partition(".")
     return int(major) * 10 + int(minor or 0)
 
 

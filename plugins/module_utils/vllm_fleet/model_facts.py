@@ -313,8 +313,13 @@ def weight_parts(facts: ModelFacts) -> WeightParts:
     h = facts.hidden_size
     q_out = facts.num_attention_heads * facts.head_dim
     kv_out = facts.num_key_value_heads * facts.head_dim
-    lin = lambda k, n: _linear_bytes(k, n, facts.quant, dtype_bytes)  # noqa: E731
-    mlp = lambda inter: 2 * lin(h, inter) + lin(inter, h) if inter else 0  # noqa: E731  gate, up, down
+
+    def lin(k, n):
+        return _linear_bytes(k, n, facts.quant, dtype_bytes)
+
+    def mlp(inter):  # gate, up, down
+        return 2 * lin(h, inter) + lin(inter, h) if inter else 0
+
     kv_proj = 2 * lin(h, kv_out)
     attention = (
         lin(h, q_out) + kv_proj + lin(q_out, h) + ((q_out + 2 * kv_out) * dtype_bytes if facts.attention_bias else 0)

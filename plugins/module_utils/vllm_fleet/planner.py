@@ -193,7 +193,7 @@ def batch_defaults(total_bytes: int, gpu_name: str, vllm_version: str) -> tuple[
 
 def capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
     """CUDA-graph capture sizes (vllm/config/vllm.py _set_cudagraph_sizes, no spec decode)."""
-    top = min(min(max_num_seqs * 2, 512), max_num_batched_tokens)
+    top = min(max_num_seqs * 2, 512, max_num_batched_tokens)
     sizes = [s for s in (1, 2, 4) if s <= top]
     if top >= 8:
         sizes += list(range(8, min(top + 1, 256), 8))
@@ -290,7 +290,7 @@ def _cc_int(gpu) -> int:
     cc = _get(gpu, "compute_capability")
     if not cc:
         return 0
-    major, _, minor = str(cc).partition(".")
+    major, _dot, minor = str(cc).partition(".")
     return int(major) * 10 + int(minor or 0)
 
 
@@ -307,9 +307,14 @@ def kernel_repack_bytes(
     h = facts.hidden_size
     q_out, kv_out = facts.num_attention_heads * facts.head_dim, facts.num_key_value_heads * facts.head_dim
     attention = [(h, q_out), (h, kv_out), (h, kv_out), (q_out, h)]
-    mlp = lambda inter: [(h, inter), (h, inter), (inter, h)] if inter else []  # noqa: E731
-    group = lambda k: q.group_size if q.group_size > 0 else k  # noqa: E731
-    groups = lambda shapes: sum(_cdiv(k, group(k)) * n for k, n in shapes)  # noqa: E731
+
+    def mlp(inter):
+        return [(h, inter), (h, inter), (inter, h)] if inter else []
+
+    def groups(shapes):
+        # A group size of -1 (channel-wise) makes the whole input dimension one group.
+        return sum(_cdiv(k, q.group_size if q.group_size > 0 else k) * n for k, n in shapes)
+
     dense = groups(attention + mlp(facts.intermediate_size))
     sparse = groups(attention + mlp(facts.shared_expert_intermediate_size))
     return extra + int(busiest_stage(facts, pp, sparse, dense) / tp * (dtype_bytes - q.bits / 8))

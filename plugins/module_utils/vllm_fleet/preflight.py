@@ -178,7 +178,7 @@ def check(
             fit_len = widest.max_model_len_suggested if widest else None
         else:
             fit_len = memory.max_model_len_suggested if memory else None
-        mem_errors, _ = rules.evaluate(case, vllm_version, "model", only=("memory-fits",))
+        mem_errors, _warnings = rules.evaluate(case, vllm_version, "model", only=("memory-fits",))
         errors += mem_errors
     wbytes = weight_bytes(model_facts)
     return {

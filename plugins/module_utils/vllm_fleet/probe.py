@@ -66,7 +66,7 @@ def http_problem(endpoint: str, status: int, body) -> str | None:
     """A sentence for a non-200 answer, with what to do; None for 200."""
     if status == 200:
         return None
-    doc, _ = parse_body(body)
+    doc, _error = parse_body(body)
     what = f"{endpoint}: HTTP {status}: {_error_message(doc, body)}"
     if status == 401:
         return f"{what} -- the API key was refused: the probe's api_key must be the unit's VLLM_API_KEY"
@@ -207,17 +207,17 @@ def _completion_text(choice: dict) -> tuple[str | None, str | None]:
 def read_answer(endpoint: str, status: int, body) -> dict:
     """The facts of one answer: {text, finish_reason, completion_tokens, model}, with None for
     what the body does not hold."""
-    doc, _ = parse_body(body)
+    doc, _error = parse_body(body)
     answer = {"text": None, "finish_reason": None, "completion_tokens": None, "model": None}
     if status != 200 or doc is None:
         return answer
     answer["model"] = doc.get("model")
-    answer["completion_tokens"], _ = _completion_tokens(doc)
-    choice, _ = _first_choice(doc)
+    answer["completion_tokens"], _error = _completion_tokens(doc)
+    choice, _error = _first_choice(doc)
     if choice is not None:
         answer["finish_reason"] = choice.get("finish_reason")
         text_of = _chat_text if endpoint == CHAT else _completion_text
-        answer["text"], _ = text_of(choice)
+        answer["text"], _error = text_of(choice)
     return answer
 
 

@@ -114,8 +114,8 @@ def prune_choice(children: list[tuple[str, float]], keep: int, protect: set[str]
     if keep < 1:
         raise ValueError("keep must be at least 1")
     newest_first = sorted(children, key=lambda c: c[1], reverse=True)
-    kept = [p for i, (p, _) in enumerate(newest_first) if i < keep or p in protect]
-    remove = [p for p, _ in newest_first if p not in kept]
+    kept = [p for i, (p, _mtime) in enumerate(newest_first) if i < keep or p in protect]
+    remove = [p for p, _mtime in newest_first if p not in kept]
     return remove, kept
 
 

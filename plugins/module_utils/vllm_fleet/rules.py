@@ -691,7 +691,7 @@ def check_gpu_sharing(host: HostCase) -> list[dict]:
             share[i].append((m["name"], util))
     out = []
     for i, users in sorted(share.items()):
-        total = sum(u for _, u in users)
+        total = sum(u for _user, u in users)
         if len(users) > 1 and total > 1.0 + 1e-9:
             out.append({"gpu": i, "total": round(total, 3), "users": ", ".join(f"{n} ({u})" for n, u in users)})
     return out
@@ -1202,5 +1202,5 @@ def shape_problems(
     intermediate size, quantization groups, packing and blocks): [] when tp can split the model.
     ``flags`` carries what else changes the split (--enable-expert-parallel)."""
     case = Case(facts=facts, gpus=[], flags=dict(flags or {}), vllm_version=vllm_version, tp=tp)
-    errors, _ = evaluate(case, vllm_version, "model", only=TP_SHAPE_RULES)
+    errors, _warnings = evaluate(case, vllm_version, "model", only=TP_SHAPE_RULES)
     return errors

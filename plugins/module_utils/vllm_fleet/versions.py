@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 
-from .layout import VLLM_VERSION as DEFAULT_VLLM_VERSION  # noqa: F401  (the one definition is layout.py)
+from .layout import VLLM_VERSION
+
+# The release rules and the planner assume when a caller names none (the one definition is layout.py).
+DEFAULT_VLLM_VERSION = VLLM_VERSION
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
-    nums = re.findall(r"\d+", str(version).split("+")[0].split(".post")[0].split("rc")[0])
+    nums = re.findall(r"\d+", str(version).split("+", 1)[0].split(".post")[0].split("rc")[0])
     return tuple(int(n) for n in nums[:3]) or (0,)
 
 
