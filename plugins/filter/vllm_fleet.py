@@ -14,10 +14,11 @@ def vllm_models_normalized(items):
         raise AnsibleFilterError(str(e)) from e
 
 
-def vllm_models_with_plan(items, host_plan):
-    """vllm_models with the flags preflight decided (see inventory.apply_plan)."""
+def vllm_models_with_plan(items, host_plan, vllm_version=None):
+    """vllm_models with the flags preflight decided, or without a plan the old flags translated for
+    vllm_version (see inventory.apply_plan)."""
     try:
-        return inventory.apply_plan(items, host_plan)
+        return inventory.apply_plan(items, host_plan, vllm_version)
     except inventory.InventoryError as e:
         raise AnsibleFilterError(str(e)) from e
 

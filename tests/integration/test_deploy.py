@@ -183,6 +183,10 @@ def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deploye
     } | {f"ok: [{n}]" for n in built}, output[-4000:]
     for host in fleet.hosts:
         assert unit_state(host)["ActiveState"] == "active"
+        # The probe compared the engine with the plan deploy.yml passed it (vllm_probe_plan, issue 14):
+        # the plan's weights stand beside what vLLM reported, in the report kept on the host.
+        report = json.loads(testhosts.ssh(host, "cat /var/lib/vllm-fleet/reports/tiny.json").stdout)
+        assert {row["metric"]: row for row in report["comparison"]}["weights GiB"]["predicted"] is not None, report
         status, body = request(
             host,
             "/v1/chat/completions",

@@ -43,6 +43,20 @@ def test_the_units_run_the_flags_preflight_decided():
     assert model["flags"] == {"dtype": "half", "max-model-len": 512, "served-model-name": "tiny"}
 
 
+def test_without_a_plan_the_units_still_run_no_flag_the_pinned_vllm_dropped():
+    # --skip-tags preflight leaves no plan: the old flags are translated all the same (no GPU needed),
+    # everything else is left for the host-side parser.
+    old = {**TINY, "flags": {"worker-use-ray": True, "disable-log-requests": True, "max-num-seqs-typo": 4}}
+    for plan in (None, {}, {"models": [{"model": "other", "translated_flags": {"dtype": "half"}}]}):
+        (model,) = inventory.apply_plan([old], plan)
+        assert model["flags"] == {
+            "distributed-executor-backend": "ray",
+            "enable-log-requests": False,
+            "max-num-seqs-typo": 4,
+            "served-model-name": "tiny",
+        }, plan
+
+
 def test_a_play_downloads_each_repo_revision_once_whatever_the_hosts_call_it():
     hosts_models = [
         TINY,

@@ -117,6 +117,14 @@ def test_every_role_documents_and_specs_each_of_its_variables():
             assert used, f"no entry point of {role.name} found: the pattern above no longer matches the playbooks"
 
 
+def test_no_role_reads_the_preflight_results_by_name():
+    # What a role needs from the plan is one of its own variables, declared in its argument spec and
+    # passed by the playbook (issue 14): vllm_probe_plan, vllm_service_models.
+    for path in (ROOT / "roles").glob("*/*/*.yml"):
+        if path.parent.name in ("tasks", "defaults", "handlers", "vars"):
+            assert "vllm_preflight_" not in path.read_text(), path.relative_to(ROOT)
+
+
 def test_playbooks_and_roles_name_roles_by_their_collection():
     # No roles_path in ansible.cfg: a short name would work from no installed copy (issue 14).
     assert not re.search(r"^roles_path", (ROOT / "ansible.cfg").read_text(), flags=re.M)

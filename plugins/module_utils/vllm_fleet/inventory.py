@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 
+from .old_flags import translate
 from .serve_args import CONTROL_CHARACTERS, ServeArgsError, normalize
+from .versions import DEFAULT_VLLM_VERSION
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # The service role owns these: they are not model flags.
@@ -80,20 +82,24 @@ def served_name(model: dict) -> str:
     return value[0] if isinstance(value, list) else str(value)
 
 
-def apply_plan(items: list | None, host_plan: dict | None) -> list[dict]:
+def apply_plan(items: list | None, host_plan: dict | None, vllm_version: str | None = None) -> list[dict]:
     """The models with the flags preflight decided (old flags translated, dtype resolved).
 
     Preflight may rewrite a model's flags (e.g. `--disable-log-requests` dropped for the
     pinned vLLM, dtype auto -> half on a GPU without bfloat16); the units must run what
-    preflight judged, not what the inventory spelled.
+    preflight judged, not what the inventory spelled. A model without a plan (preflight was
+    skipped: --skip-tags preflight) still gets the old flags translated for `vllm_version`: the
+    translation needs no GPU, and a unit must never carry a flag the pinned vLLM no longer has
+    because a check was skipped (the host-side parser then judges the rest).
     """
     models = normalize_models(items)
     plans = {p.get("model"): p for p in (host_plan or {}).get("models") or []}
     for model in models:
         translated = plans.get(model["name"], {}).get("translated_flags")
-        if translated:
-            model["flags"] = normalize(dict(translated))
-            model["flags"].setdefault("served-model-name", model["name"])
+        if not translated:
+            translated, _notes = translate(model["flags"], vllm_version or DEFAULT_VLLM_VERSION)
+        model["flags"] = normalize(dict(translated))
+        model["flags"].setdefault("served-model-name", model["name"])
     return models
 
 
