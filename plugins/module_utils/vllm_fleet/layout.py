@@ -50,10 +50,12 @@ def controller_cache() -> str:
 
 
 def collection_root() -> str | None:
-    """The collection's (or the checkout's) root on the controller, where model_configs/ ships; None
-    inside a module's payload on a host, which carries module_utils but not the collection."""
+    """The collection's (or the checkout's) root on the controller, where model_configs/ ships (the
+    `vllm-fleet` package keeps them there too); None inside a module's payload on a host, which carries
+    module_utils but not the collection."""
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-    return root if os.path.isdir(os.path.join(root, "roles")) else None
+    found = any(os.path.isdir(os.path.join(root, d)) for d in ("roles", "model_configs"))
+    return root if found else None
 
 
 def values() -> dict:
@@ -72,5 +74,7 @@ def values() -> dict:
         "config_dir": CONFIG_DIR,
         "controller_cache": controller_cache(),
         "collection_root": root,
-        "model_configs_dir": os.path.join(root, "model_configs") if root else None,
+        "model_configs_dir": os.path.join(root, "model_configs")
+        if root and os.path.isdir(os.path.join(root, "model_configs"))
+        else None,
     }

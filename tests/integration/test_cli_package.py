@@ -1,0 +1,57 @@
+"""The `vllm-fleet` CLI as a package (issue 14, point 4): `uv tool install` of this project gives a
+`vllm-fleet` command that plans outside the checkout, with the model configs the package ships."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+
+from tests.integration.ansible_run import BIN, REPO_ROOT
+
+
+def test_uv_tool_install_gives_a_vllm_fleet_command_that_plans_from_its_shipped_configs(tmp_path):
+    # From a copy of the project's files, as a user's clone would be (the build writes build/ and
+    # *.egg-info beside pyproject.toml; they stay out of the checkout).
+    source = tmp_path / "source"
+    source.mkdir()
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    with tarfile.open(tmp_path / "source.tar", "w") as tar:
+        for name in filter(None, listed.decode().split("\0")):
+            if (REPO_ROOT / name).is_file() and not (REPO_ROOT / name).is_symlink():
+                tar.add(REPO_ROOT / name, arcname=name)
+    with tarfile.open(tmp_path / "source.tar") as tar:
+        tar.extractall(source, filter="data")
+    tools, bins, elsewhere = tmp_path / "tools", tmp_path / "bin", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Nothing of the checkout on the path the command imports from.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VLLM_FLEET_MODEL_CONFIGS")}
+    env.update(UV_TOOL_DIR=str(tools), UV_TOOL_BIN_DIR=str(bins), UV_NATIVE_TLS="1")
+    env["VLLM_FLEET_CONFIG_CACHE"] = str(tmp_path / "empty-cache")  # no config from an earlier fetch
+    subprocess.run([BIN / "uv", "tool", "install", "--quiet", str(source)], env=env, check=True, timeout=600)
+    shutil.rmtree(source)  # the installed command must not need the source
+
+    checked = subprocess.run(
+        [bins / "vllm-fleet", "check", "qwen/Qwen1.5-14B-Chat-AWQ", "--gpu", "T4", "-tp", "2", "--no-fetch", "--json"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # Refused (exit 1) for the alignment rule of the recipe's lesson: planned, with no hub, no cache and
+    # no checkout, from the config the package ships; a model it does not ship has no config at all.
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert '"row-parallel-group-alignment"' in checked.stdout and '"verdict": "refused"' in checked.stdout
+    unknown = subprocess.run(
+        [bins / "vllm-fleet", "check", "qwen/Not-A-Shipped-Model", "--gpu", "T4", "--no-fetch"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert unknown.returncode == 2 and "not in model_configs/" in unknown.stderr, unknown.stderr
