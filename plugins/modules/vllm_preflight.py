@@ -42,8 +42,9 @@ options:
   model_configs_dir:
     description:
       - The shipped configs (C(model_configs/)).
-      - Omitted means the collection's own when the module runs on the controller from the collection
-        (playbooks pass lookup P(vllm_fleet.fleet.layout#lookup), C(model_configs_dir)).
+      - Omitted means none (a module runs from its payload, without the collection's files) - only
+        C($VLLM_FLEET_MODEL_CONFIGS), the cache and the hub. The playbooks pass the collection's,
+        lookup P(vllm_fleet.fleet.layout#lookup) C(model_configs_dir).
     type: path
   cache_dir:
     description: Where configs fetched from the hub are kept.

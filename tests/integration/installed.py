@@ -4,6 +4,7 @@ there with none of the checkout's settings (no ansible.cfg, no ANSIBLE_* variabl
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -19,6 +20,7 @@ from tests.support import costs
 def built_archive() -> Path:
     """The collection's tarball, built once per test session."""
     out = Path(tempfile.mkdtemp(prefix="vllm-fleet-built-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     subprocess.run(
         [BIN / "ansible-galaxy", "collection", "build", "--output-path", out], cwd=REPO_ROOT, check=True, timeout=120
     )

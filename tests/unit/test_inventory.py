@@ -57,6 +57,14 @@ def test_without_a_plan_the_units_still_run_no_flag_the_pinned_vllm_dropped():
         }, plan
 
 
+def test_without_a_plan_a_flag_with_no_equivalent_fails_instead_of_vanishing():
+    # --task embed has no equivalent in the pinned vLLM's generate-only serving: preflight refuses it;
+    # with preflight skipped, the same words stop the play rather than a unit serving a generator.
+    embed = {**TINY, "flags": {"task": "embed"}}
+    with pytest.raises(inventory.InventoryError, match=r"model tiny: .*--task.* -- fix: "):
+        inventory.apply_plan([embed], None)
+
+
 def test_a_play_downloads_each_repo_revision_once_whatever_the_hosts_call_it():
     hosts_models = [
         TINY,

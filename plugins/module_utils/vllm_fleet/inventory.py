@@ -90,14 +90,21 @@ def apply_plan(items: list | None, host_plan: dict | None, vllm_version: str | N
     preflight judged, not what the inventory spelled. A model without a plan (preflight was
     skipped: --skip-tags preflight) still gets the old flags translated for `vllm_version`: the
     translation needs no GPU, and a unit must never carry a flag the pinned vLLM no longer has
-    because a check was skipped (the host-side parser then judges the rest).
+    because a check was skipped. A flag the translation refuses (no equivalent: --task embed, a
+    speculative model) fails here with preflight's words, never dropped in silence; the host-side
+    parser then judges the rest.
     """
     models = normalize_models(items)
     plans = {p.get("model"): p for p in (host_plan or {}).get("models") or []}
     for model in models:
         translated = plans.get(model["name"], {}).get("translated_flags")
         if not translated:
-            translated, _notes = translate(model["flags"], vllm_version or DEFAULT_VLLM_VERSION)
+            translated, notes = translate(model["flags"], vllm_version or DEFAULT_VLLM_VERSION)
+            refused = [n for n in notes if n["action"] == "refuse"]
+            if refused:
+                raise InventoryError(
+                    f"model {model['name']}: " + "; ".join(f"{n['message']} -- fix: {n['fix']}" for n in refused)
+                )
         model["flags"] = normalize(dict(translated))
         model["flags"].setdefault("served-model-name", model["name"])
     return models
