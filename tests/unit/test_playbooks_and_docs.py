@@ -125,6 +125,18 @@ def test_no_role_reads_the_preflight_results_by_name():
             assert "vllm_preflight_" not in path.read_text(), path.relative_to(ROOT)
 
 
+def test_no_role_reads_another_roles_variables():
+    # A role's inputs are its own variables (argument spec, README), whose defaults may name another
+    # role's: its tasks and templates read only those (issue 14). Setting another role's variable for a
+    # role it includes (`vllm_probe_models:` under vars) is passing, not reading.
+    roles = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
+    for role in roles:
+        others = "|".join(r for r in roles if r != role)
+        for path in [*(ROOT / "roles" / role).glob("tasks/*.yml"), *(ROOT / "roles" / role).glob("templates/*")]:
+            read = re.findall(rf"\b(?:{others})_[a-z_]+\b(?!\s*:)", path.read_text())
+            assert not read, f"{path.relative_to(ROOT)} reads {read}: make it a {role}_ variable with that default"
+
+
 def test_playbooks_and_roles_name_roles_by_their_collection():
     # No roles_path in ansible.cfg: a short name would work from no installed copy (issue 14).
     assert not re.search(r"^roles_path", (ROOT / "ansible.cfg").read_text(), flags=re.M)

@@ -30,11 +30,19 @@ RECORD_VERSION = 1
 CODE_PATHS = ("site.yml", "ansible.cfg", "playbooks", "roles", "plugins", "model_configs")
 _SKIPPED_PARTS = ("__pycache__", ".pytest_cache", ".ruff_cache")
 
-# Variables that are not inputs of the hosts' state: run-time results of the preflight play, and
-# the knobs of the rollout itself (batch sizes, the fast path switch).
+# Variables that are not inputs of the hosts' state: run-time results (of the preflight play, and what
+# the other roles tell the rollout role during a run), and the knobs of the rollout itself (batch sizes,
+# the fast path switch).
 NOT_INPUTS_PREFIXES = ("vllm_preflight_",)
 NOT_INPUTS = frozenset(
-    {"vllm_rollout_fast_path", "vllm_rollout_serial", "vllm_rollout_max_fail_percentage", "vllm_rollout_digest"}
+    {
+        "vllm_rollout_fast_path",
+        "vllm_rollout_serial",
+        "vllm_rollout_max_fail_percentage",
+        "vllm_rollout_digest",
+        "vllm_rollout_deployed",
+        "vllm_rollout_latencies",
+    }
 )
 
 
