@@ -186,3 +186,13 @@ def test_every_action_plugin_takes_the_options_its_module_documents():
         assert action.ARGUMENT_SPEC is module.ARGUMENT_SPEC, path.name
         documented = yaml.safe_load(module.DOCUMENTATION)["options"]
         assert set(documented) == set(module.ARGUMENT_SPEC), path.name
+
+
+def test_ansible_test_units_installs_the_pins_the_project_uses():
+    # tests/unit/requirements.txt (ansible-test units) repeats requirements.txt's pins: one may not drift.
+    def pins(path):
+        lines = (line.split("#")[0].strip() for line in (ROOT / path).read_text().splitlines())
+        return dict(line.split("==", 1) for line in lines if "==" in line)
+
+    project, units = pins("requirements.txt"), pins("tests/unit/requirements.txt")
+    assert units and {name: project.get(name) for name in units} == units
