@@ -118,11 +118,13 @@ local_dir:
 """
 
 import fnmatch
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.weights import (
     RemoteFile,
     is_model_file,
@@ -182,6 +184,11 @@ def run(module: AnsibleModule) -> dict:
         files = len(read_manifest(local_dir)["files"])
         return {**result, "files": files, "hub_contacted": False}
 
+    # The SDK is imported only when the hub must be asked (a manifest that proves the files needs none):
+    # its absence is named here, the way ansible-core's modules name a missing library.
+    missing = [name for name in ("modelscope", "modelscope_hub") if importlib.util.find_spec(name) is None]
+    if missing:
+        module.fail_json(msg=missing_required_lib(" and ".join(missing)), interpreter=sys.executable)
     try:
         remote = _list_remote(params)
     except Exception as exc:  # the SDK raises many kinds; all mean the same to an operator

@@ -248,6 +248,8 @@ ENDPOINTS = {"chat": (CHAT, check_chat_response), "completions": (COMPLETIONS, c
 
 def _opener(use_proxy: bool):
     # An empty ProxyHandler ignores http_proxy: the probe must reach the host, not a proxy.
+    # Not ansible-core's fetch_url: it ends the module (fail_json) on a ConnectionError, and a vLLM
+    # that is still starting resets or drops connections to /health; the wait must keep polling.
     return urllib.request.build_opener() if use_proxy else urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

@@ -10,7 +10,9 @@ import tempfile
 def write_json_atomically(path: str, data, mode: int, indent: int | None = None) -> None:
     """Write data as JSON to path with this mode: through a temporary file in the same directory,
     renamed into place, so a reader sees the old file or the whole new one, never half of it (and
-    a private file is never readable by others, not even for a moment)."""
+    a private file is never readable by others, not even for a moment: the reason this is not
+    AnsibleModule.atomic_move, which gives a new file the umask's default mode before a caller
+    could tighten it)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
     try:
