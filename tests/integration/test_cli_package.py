@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tarfile
 
 from tests.integration.ansible_run import BIN, REPO_ROOT
 
@@ -17,12 +16,10 @@ def test_uv_tool_install_gives_a_vllm_fleet_command_that_plans_from_its_shipped_
     source = tmp_path / "source"
     source.mkdir()
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
-    with tarfile.open(tmp_path / "source.tar", "w") as tar:
-        for name in filter(None, listed.decode().split("\0")):
-            if (REPO_ROOT / name).is_file() and not (REPO_ROOT / name).is_symlink():
-                tar.add(REPO_ROOT / name, arcname=name)
-    with tarfile.open(tmp_path / "source.tar") as tar:
-        tar.extractall(source, filter="data")
+    for name in filter(None, listed.decode().split("\0")):
+        if (REPO_ROOT / name).is_file() and not (REPO_ROOT / name).is_symlink():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
     tools, bins, elsewhere = tmp_path / "tools", tmp_path / "bin", tmp_path / "elsewhere"
     elsewhere.mkdir()
     # Nothing of the checkout on the path the command imports from.
