@@ -74,18 +74,24 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def run(tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 900) -> AnsibleResult:
+def run_in(cwd: Path, full_env: dict[str, str], tool: str, *args: str, timeout: float = 900) -> AnsibleResult:
+    """One run of an ansible tool of the venv from `cwd` with exactly `full_env`, counted in the costs."""
     costs.record(tool)
     proc = subprocess.run(
         [str(BIN / tool), *args],
-        cwd=REPO_ROOT,
-        env=_env(env),
+        cwd=cwd,
+        env=full_env,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         timeout=timeout,
     )
     return AnsibleResult(proc.returncode, proc.stdout)
+
+
+def run(tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 900) -> AnsibleResult:
+    """From the checkout, with its ansible.cfg."""
+    return run_in(REPO_ROOT, _env(env), tool, *args, timeout=timeout)
 
 
 def playbook(*args: str, **kwargs) -> AnsibleResult:

@@ -12,8 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.integration.ansible_run import BIN, REPO_ROOT, AnsibleResult
-from tests.support import costs
+from tests.integration.ansible_run import BIN, REPO_ROOT, AnsibleResult, run_in
 
 
 @functools.cache
@@ -56,14 +55,4 @@ def project_with(project: Path, inventory: Path) -> Path:
 
 
 def run(project: Path, tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 900) -> AnsibleResult:
-    costs.record(tool)
-    proc = subprocess.run(
-        [str(BIN / tool), *args],
-        cwd=project,
-        env=clean_env(project, env),
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=timeout,
-    )
-    return AnsibleResult(proc.returncode, proc.stdout)
+    return run_in(project, clean_env(project, env), tool, *args, timeout=timeout)

@@ -29,26 +29,14 @@ def test_uv_tool_install_gives_a_vllm_fleet_command_that_plans_from_its_shipped_
     subprocess.run([BIN / "uv", "tool", "install", "--quiet", str(source)], env=env, check=True, timeout=600)
     shutil.rmtree(source)  # the installed command must not need the source
 
-    checked = subprocess.run(
-        [bins / "vllm-fleet", "check", "qwen/Qwen1.5-14B-Chat-AWQ", "--gpu", "T4", "-tp", "2", "--no-fetch", "--json"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    def vllm_fleet_check(*args: str) -> subprocess.CompletedProcess:
+        command = [bins / "vllm-fleet", "check", *args, "--gpu", "T4", "--no-fetch"]
+        return subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    checked = vllm_fleet_check("qwen/Qwen1.5-14B-Chat-AWQ", "-tp", "2", "--json")
     # Refused (exit 1) for the alignment rule of the recipe's lesson: planned, with no hub, no cache and
     # no checkout, from the config the package ships; a model it does not ship has no config at all.
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert '"row-parallel-group-alignment"' in checked.stdout and '"verdict": "refused"' in checked.stdout
-    unknown = subprocess.run(
-        [bins / "vllm-fleet", "check", "qwen/Not-A-Shipped-Model", "--gpu", "T4", "--no-fetch"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    unknown = vllm_fleet_check("qwen/Not-A-Shipped-Model")
     assert unknown.returncode == 2 and "not in model_configs/" in unknown.stderr, unknown.stderr

@@ -9,6 +9,7 @@ against one release and install another (issue 14). Inventories still choose per
 
 from __future__ import annotations
 
+import functools
 import os
 
 VLLM_VERSION = "0.32.0"
@@ -49,6 +50,7 @@ def controller_cache() -> str:
     return os.environ.get("VLLM_FLEET_CACHE") or CONTROLLER_CACHE
 
 
+@functools.cache  # the lookup runs it for every role default it answers; where the code is stays put
 def collection_root() -> str | None:
     """The collection's (or the checkout's) root on the controller, where model_configs/ ships (the
     `vllm-fleet` package keeps them there too); None inside a module's payload on a host, which carries
