@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import converged, inventory, rollout, systemd
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import (
+    converged,
+    inventory,
+    probe,
+    rollout,
+    rules,
+    systemd,
+)
 
 
 def vllm_models_normalized(items):
@@ -37,11 +44,37 @@ def vllm_served_name(model):
 
 def systemd_exec_args(argv):
     """A list of arguments -> an ExecStart= command line systemd will not split or expand."""
-    return systemd.exec_line([str(a) for a in argv])
+    try:
+        return systemd.exec_line([str(a) for a in argv])
+    except ValueError as e:
+        raise AnsibleFilterError(str(e)) from e
 
 
 def systemd_environment(name, value):
-    return systemd.quote_environment(str(name), str(value))
+    try:
+        return systemd.quote_environment(str(name), str(value))
+    except ValueError as e:
+        raise AnsibleFilterError(str(e)) from e
+
+
+def systemd_environment_file_line(value, name):
+    """One NAME=value line of an EnvironmentFile; "" for an empty value (nothing to set)."""
+    if not value:
+        return ""
+    try:
+        return systemd.environment_file_line(str(name), str(value))
+    except ValueError as e:
+        raise AnsibleFilterError(str(e).replace(str(value)[:40], "********")) from e
+
+
+def vllm_is_loopback(address):
+    """Whether a bind address is reachable only from the host itself (rules.is_loopback)."""
+    return rules.is_loopback(str(address))
+
+
+def vllm_redact(text, secrets):
+    """text with every secret in the list replaced by ********, for output shown to the operator."""
+    return probe.redact(str(text), [str(s) for s in (secrets or []) if s])
 
 
 def vllm_rollout_rows_passed(saves, latencies, host):
@@ -84,6 +117,9 @@ class FilterModule:
             "vllm_served_name": vllm_served_name,
             "systemd_exec_args": systemd_exec_args,
             "systemd_environment": systemd_environment,
+            "systemd_environment_file_line": systemd_environment_file_line,
+            "vllm_redact": vllm_redact,
+            "vllm_is_loopback": vllm_is_loopback,
             "vllm_rollout_rows_passed": vllm_rollout_rows_passed,
             "vllm_rollout_rows_restored": vllm_rollout_rows_restored,
             "vllm_rollout_rows_converged": vllm_rollout_rows_converged,

@@ -17,7 +17,8 @@ options:
     description:
       - Names to look up, one value each. C(vllm_version), C(runtime_root), C(environments_root),
         C(env_dir), C(state_dir), C(models_root), C(last_good_dir), C(converged_path), C(report_dir),
-        C(unit_dir), C(config_dir), C(controller_cache) (C($VLLM_FLEET_CACHE) when set),
+        C(unit_dir), C(config_dir), C(bind_address), C(api_key_setting), C(api_keys_subdir), C(controller_cache)
+        (C($VLLM_FLEET_CACHE) when set),
         C(collection_root), C(model_configs_dir).
     required: true
   version:

@@ -39,6 +39,29 @@ options:
     type: str
     choices: [cuda, cpu]
     default: cuda
+  service:
+    description:
+      - What the vllm_service role writes into every unit of the host beside the models, for the
+        rules unit-values-printable and api-key-required.
+    type: dict
+    default: {}
+    suboptions:
+      bind_address:
+        description: The address the units listen on (vllm_service_bind_address).
+        type: str
+        default: 0.0.0.0
+      environment:
+        description: The environment of every unit (vllm_service_environment).
+        type: dict
+        default: {}
+      api_key_set:
+        description: Whether the units require an API key (never the key itself).
+        type: bool
+        default: false
+      allow_no_api_key:
+        description: The operator's word that the network is trusted (vllm_service_allow_no_api_key).
+        type: bool
+        default: false
   model_configs_dir:
     description:
       - The shipped configs (C(model_configs/)).
@@ -138,6 +161,16 @@ def main():
             "gpus": {"type": "list", "elements": "raw", "default": []},
             "vllm_version": {"type": "str"},
             "vllm_device": {"type": "str", "choices": ["cuda", "cpu"], "default": "cuda"},
+            "service": {
+                "type": "dict",
+                "default": {},
+                "options": {
+                    "bind_address": {"type": "str", "default": layout.BIND_ADDRESS},
+                    "environment": {"type": "dict", "default": {}},
+                    "api_key_set": {"type": "bool", "default": False},
+                    "allow_no_api_key": {"type": "bool", "default": False},
+                },
+            },
             "model_configs_dir": {"type": "path"},
             "cache_dir": {"type": "path"},
             "fetch": {"type": "bool", "default": True},
@@ -161,7 +194,19 @@ def main():
             token=p["hub_token"],
         )
 
-    host_vars = {"vllm_models": p["models"], "vllm_version": vllm_version, "vllm_device": p["vllm_device"]}
+    service = p["service"] or {}
+    host_vars = {
+        "vllm_models": p["models"],
+        "vllm_version": vllm_version,
+        "vllm_device": p["vllm_device"],
+        # Named as the operator sets them, so a refusal names the variable to change.
+        "vllm_service": {
+            "vllm_service_bind_address": service.get("bind_address") or layout.BIND_ADDRESS,
+            "vllm_service_environment": service.get("environment") or {},
+            "api_key_set": bool(service.get("api_key_set")),
+            "allow_no_api_key": bool(service.get("allow_no_api_key")),
+        },
+    }
     plan = check_host(host_vars, detected_gpus=p["gpus"] or None, facts_for=facts_for)
     refused = [m["model"] for m in plan["models"] if m["verdict"] == "refused"]
     if plan["verdict"] == "refused":

@@ -47,9 +47,10 @@ class Fleet:
         port = self.hub.url.rsplit(":", 1)[1]
         return {"VLLM_FLEET_HUB_PORT": port, "VLLM_FLEET_API_KEY": API_KEY}
 
-    def play(self, playbook: str = "site.yml", *args: str, models: list[dict] | None = None):
+    def play(self, playbook: str = "site.yml", *args: str, models: list[dict] | None = None, api_key: str = API_KEY):
         extra = ["-e", json.dumps({"vllm_models": models})] if models is not None else []
-        result = ansible_run.playbook("-i", "inventories/local", playbook, *extra, *args, env=self.env())
+        env = {**self.env(), "VLLM_FLEET_API_KEY": api_key}
+        result = ansible_run.playbook("-i", "inventories/local", playbook, *extra, *args, env=env)
         self.outputs.append(result.output)
         return result
 
@@ -194,6 +195,43 @@ def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deploye
         )
         assert status == 200 and body["choices"][0]["message"]["content"].strip()
         assert request(host, "/v1/completions", {"model": "tiny", "prompt": "hi"}, api_key=None)[0] == 401
+
+
+EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
+MAX_EXPOSURE = 4.0  # issue 15: the unit was rated 7.4 MEDIUM before
+
+
+def exposure(host, *target: str) -> float:
+    """systemd-analyze security's overall exposure of a unit (0 safest, 10 most exposed)."""
+    out = testhosts.ssh(host, "systemd-analyze", "security", "--no-pager", *target, check=False)
+    found = EXPOSURE.search(out.stdout)
+    assert found, out.stdout[-3000:] + out.stderr[-1000:]
+    return float(found.group(1))
+
+
+def test_the_units_are_hardened_to_exposure_4_or_less_and_still_answer(fleet, deployed):
+    for host in fleet.hosts:
+        rated = exposure(host, "vllm-tiny.service")
+        assert rated <= MAX_EXPOSURE, f"{host.name}: vllm-tiny.service exposure {rated}"
+        status, body = request(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4})
+        assert status == 200 and body["choices"][0]["text"], body
+    # The CUDA variant (no PrivateDevices, the NVIDIA device groups allowed), rendered by the role's
+    # own template on a CPU host and rated offline: it cannot start without GPUs.
+    host = fleet.hosts[0]
+    rendered = ansible_run.playbook(
+        "-i",
+        "inventories/local",
+        "tests/integration/playbooks/render-gpu-unit.yml",
+        "--limit",
+        host.name,
+        env=fleet.env(),
+    )
+    assert rendered.returncode == 0, rendered.output[-3000:]
+    unit = testhosts.ssh(host, "cat", "/tmp/vllm-gpu-variant.service").stdout
+    assert "PrivateDevices=yes" not in unit and "DeviceAllow=char-nvidia-uvm rw" in unit, unit
+    assert 'Environment="CUDA_VISIBLE_DEVICES=0"' in unit
+    rated = exposure(host, "--offline=true", "/tmp/vllm-gpu-variant.service")
+    assert rated <= MAX_EXPOSURE, f"the CUDA unit's exposure is {rated}"
 
 
 FULL_RUN_TASK = "TASK [vllm_fleet.fleet.vllm_runtime : "
@@ -419,13 +457,26 @@ def test_the_newline_model_fails_its_probe_with_the_reason(fleet, deployed):
     assert testhosts.ssh(host, "test", "!", "-e", UNIT, check=False).returncode == 0, "absent unit removed"
 
 
-def test_a_flag_that_breaks_vllm_at_start_fails_the_host_with_the_journal(fleet, deployed):
+def test_a_flag_breaking_vllm_at_start_fails_the_host_with_the_journal_and_the_key_hidden_at_vvv(fleet, deployed):
     host = fleet.hosts[1]
     broken = dict(TINY_MODEL, flags=dict(TINY_MODEL["flags"], tokenizer="/nonexistent/tokenizer"))
-    result = fleet.play("site.yml", "--limit", host.name, models=[broken])
+    # A line in the unit's journal that holds this run's key, as a vLLM error echoing a header or
+    # an argument would (logged for the unit, as `journalctl -u` reads it). The rescue shows the
+    # journal: it is read and redacted on the host, and at -vvv nothing else shows the key
+    # (module arguments, registered results, the secrets file's task).
+    key = "vf-echoed-" + secrets.token_hex(12)
+    testhosts.ssh(
+        host, f"printf 'MESSAGE=echoed key {key}\\nOBJECT_SYSTEMD_UNIT=vllm-tiny.service\\n' | logger --journald"
+    )
+    assert key in testhosts.ssh(host, "journalctl", "--no-pager", "-o", "cat", "-u", "vllm-tiny").stdout
+    result = fleet.play(
+        "site.yml", "--limit", host.name, "-vvv", "-e", "vllm_probe_journal_lines=5000", models=[broken], api_key=key
+    )
     assert result.returncode != 0
     assert "journal of vllm-tiny" in result.output
-    assert "/nonexistent/tokenizer" in result.output.split("journal of vllm-tiny", 1)[1]
+    shown = result.output.split("journal of vllm-tiny", 1)[1]
+    assert "/nonexistent/tokenizer" in shown and "echoed key ********" in shown, shown[-3000:]
+    assert key not in result.output
 
 
 def test_after_the_failed_runs_the_api_key_is_in_no_journal_unit_or_ansible_output(fleet, deployed):

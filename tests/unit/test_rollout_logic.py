@@ -29,6 +29,13 @@ def test_changes_name_version_revision_and_flags():
     assert rollout.changes(before, after) == ["flags -[--max-model-len 512] +[--max-model-len 256] +[--enforce-eager]"]
     assert rollout.changes(before, record(repo="o/other", unit="u2")) == ["model o/m@v1 -> o/other@v1"]
     assert rollout.changes(before, record(env="e2")) == ["secrets file (API key)"]
+    # A new key beside a new revision is said too (a rotated key must not pass unnoticed).
+    assert rollout.changes(before, record(revision="v2", env="e2", unit="u2")) == [
+        "revision v1 -> v2",
+        "secrets file (API key)",
+    ]
+    # Neither the model, the flags nor the key: the rest of the unit (e.g. its hardening).
+    assert rollout.changes(before, record(unit="u2")) == ["unit file (service settings)"]
 
 
 def test_changes_of_a_first_deployment():

@@ -248,6 +248,16 @@ CASES = {
         host([M, {**M, "gpus": [1], "port": 9001}]),
         "rename",
     ),
+    "unit-values-printable": (
+        replace(host([M]), raw_models=[{**M, "revision": "v1.0", "env": {"A": "b c"}}]),
+        replace(host([M]), raw_models=[{**M, "revision": "master\nExecStartPre=/bin/sh -c id"}]),
+        "remove a newline from vllm_models[a].revision",
+    ),
+    "api-key-required": (
+        replace(host([M]), service={"vllm_service_bind_address": "0.0.0.0", "api_key_set": True}),
+        replace(host([M]), service={"vllm_service_bind_address": "0.0.0.0", "api_key_set": False}),
+        "vllm_service_api_key: generate",
+    ),
 }
 
 

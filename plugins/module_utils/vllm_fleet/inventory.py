@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
+from . import systemd
 from .old_flags import translate
-from .serve_args import CONTROL_CHARACTERS, ServeArgsError, normalize
+from .serve_args import ServeArgsError, normalize
 from .versions import DEFAULT_VLLM_VERSION
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -48,12 +49,14 @@ def normalize_model(item: dict) -> dict:
     if state not in ("present", "absent"):
         raise InventoryError(f"model {name}: state must be present or absent, not {state!r}")
     env = {str(k): str(v) for k, v in (item.get("env") or {}).items()}
-    for key, value in env.items():
-        if any(c in key + value for c in CONTROL_CHARACTERS):
-            raise InventoryError(
-                f"model {name}: env {key!r} contains a newline, carriage return or NUL: it would become a "
-                "line of its own in the systemd unit; remove it"
-            )
+    found = systemd.unprintable_fields(
+        {"model": item["model"], "revision": str(item.get("revision") or ""), "env": env}, f"model {name}"
+    )
+    if found:
+        raise InventoryError(
+            f"{found[0][0]} contains {found[0][1]}: it would corrupt the systemd unit (a newline starts a "
+            "directive of its own); remove it"
+        )
     return {
         "name": name,
         "model": str(item["model"]),

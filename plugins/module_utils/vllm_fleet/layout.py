@@ -24,6 +24,19 @@ REPORT_DIR = f"{STATE_DIR}/reports"
 UNIT_DIR = "/etc/systemd/system"
 CONFIG_DIR = "/etc/vllm-fleet"  # the units' 0600 secrets files, <name>.env
 
+# Where units listen unless the inventory says otherwise: every interface, so preflight refuses a
+# model there without an API key (rules.py, api-key-required).
+BIND_ADDRESS = "0.0.0.0"
+
+# What a unit's API key is unless the inventory says otherwise: one generated per model.
+API_KEY_SETTING = "generate"
+
+# On the controller: generated API keys (vllm_service_api_key: generate), one 0600 file per model
+# under this directory of the inventory, unless vllm_service_api_key_dir names another. Hidden on
+# purpose: Ansible parses every other file of an inventory directory as inventory (a key file once
+# became a host named after the key, printed in the play's output); names starting with "." it skips.
+API_KEYS_SUBDIR = ".vllm-api-keys"
+
 # On the controller: wheelhouses and the models mirror ($VLLM_FLEET_CACHE moves it).
 CONTROLLER_CACHE = "/var/cache/vllm-fleet"
 
@@ -74,6 +87,9 @@ def values() -> dict:
         "report_dir": REPORT_DIR,
         "unit_dir": UNIT_DIR,
         "config_dir": CONFIG_DIR,
+        "bind_address": BIND_ADDRESS,
+        "api_keys_subdir": API_KEYS_SUBDIR,
+        "api_key_setting": API_KEY_SETTING,
         "controller_cache": controller_cache(),
         "collection_root": root,
         "model_configs_dir": os.path.join(root, "model_configs")

@@ -13,7 +13,7 @@ vllm_version, weights_source, moe (None for a dense model).
 
 from __future__ import annotations
 
-from . import old_flags, quantization, rules
+from . import layout, old_flags, quantization, rules
 from .gpus import UnknownGPUError, has_bf16, resolve, usable_bytes
 from .model_facts import DTYPE_BYTES, ModelConfigError, ModelFacts, weight_bytes
 from .planner import GIB, local_experts, plan_memory
@@ -227,6 +227,21 @@ def host_gpus(host_vars: dict, detected: list[dict] | None = None) -> list[dict]
     return [dict(resolve(g), index=i) for i, g in enumerate(host_vars.get("vllm_gpus") or [])]
 
 
+def service_inputs(host_vars: dict) -> dict:
+    """What the vllm_service role will write beside the models and whether their endpoints are keyed,
+    named as the operator sets them: ``host_vars["vllm_service"]`` when the caller resolved it (the
+    module), else from the inventory's own variables with the role's defaults (layout.py)."""
+    if "vllm_service" in host_vars:
+        return dict(host_vars["vllm_service"] or {})
+    key = host_vars.get("vllm_service_api_key", layout.API_KEY_SETTING)
+    return {
+        "vllm_service_bind_address": host_vars.get("vllm_service_bind_address") or layout.BIND_ADDRESS,
+        "vllm_service_environment": dict(host_vars.get("vllm_service_environment") or {}),
+        "api_key_set": bool(key),
+        "allow_no_api_key": bool(host_vars.get("vllm_service_allow_no_api_key", False)),
+    }
+
+
 def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, facts_for=None) -> dict:
     """Every problem of one host at once: each model's plan, then the host-wide rules.
 
@@ -249,7 +264,19 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         errors.append({"rule": "gpu-known", "message": str(e), "fix": "use a catalog name or a dict"})
     models = [m for m in host_vars.get("vllm_models") or [] if (m.get("state") or "present") == "present"]
     plans = []
+    unprintable = set()
     for item in models:
+        # A control character in a value bound for the unit refuses the model with the field named
+        # (row unit-values-printable); planning it would only fail later on the same value.
+        alone = rules.HostCase(gpus=[], models=[], vllm_version=version, raw_models=[item])
+        value_errors, _ = rules.evaluate(alone, version, "host", only=("unit-values-printable",))
+        if value_errors:
+            unprintable.add(item.get("name"))
+            plan = _refused(item.get("name", item.get("model", "?")), "", "", "", version)
+            plan["errors"] = value_errors
+            plan["repo"] = item.get("model")
+            plans.append(plan)
+            continue
         given = [gpus[i] for i in item.get("gpus") or [] if isinstance(i, int) and 0 <= i < len(gpus)]
         if device == "cpu":
             given = []
@@ -292,7 +319,10 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
                 "flags": normalize(m.get("flags") or {}),
             }
             for m in models
+            if m.get("name") not in unprintable
         ],
+        # The models' own values were judged above, one by one.
+        service=service_inputs(host_vars),
     )
     host_errors, host_warnings = rules.evaluate(host_case, version, "host")
     errors += host_errors

@@ -66,8 +66,11 @@ def changes(before: dict | None, after: dict) -> list[str]:
     added = [f for f in a_flags if f not in b_flags]
     if removed or added:
         out.append("flags " + " ".join([f"-[{f}]" for f in removed] + [f"+[{f}]" for f in added]))
-    if not out and before.get("env_sha256") != after.get("env_sha256"):
+    if before.get("env_sha256") != after.get("env_sha256"):
         out.append("secrets file (API key)")
+    if not out and before.get("unit_sha256") != after.get("unit_sha256"):
+        # Same version, model and flags: the rest of the unit did (vllm_service settings, hardening).
+        out.append("unit file (service settings)")
     return out
 
 

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from . import quantization, vllm_architectures
+from . import quantization, systemd, vllm_architectures
 from .architectures import ARCHITECTURES
 from .gpus import cc_int, has_bf16
 from .model_facts import ModelFacts, kv_heads_per_rank
@@ -113,6 +113,12 @@ class HostCase:
     gpus: list[dict]
     models: list[dict]
     vllm_version: str
+    # The host-wide values the service role writes into units (vllm_service_* variables by name),
+    # and what decides whether its endpoints are open (preflight.service_inputs).
+    service: dict = field(default_factory=dict)
+    # Every model item as the inventory gave it (flags not normalized: a control character in one
+    # makes normalizing fail, and this row must still name the field).
+    raw_models: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -711,6 +717,36 @@ def check_names(host: HostCase) -> list[dict]:
     return [{"name": n} for n, c in counts.items() if c > 1]
 
 
+# The model fields and host variables that reach a unit file or an EnvironmentFile.
+UNIT_MODEL_FIELDS = ("name", "model", "revision", "flags", "env")
+
+
+def check_unit_values_printable(host: HostCase) -> list[dict]:
+    found = []
+    for m in host.raw_models:
+        item = {k: m[k] for k in UNIT_MODEL_FIELDS if k in m}
+        found += systemd.unprintable_fields(item, f"vllm_models[{m.get('name', '?')}]")
+    for name, value in sorted(host.service.items()):
+        found += systemd.unprintable_fields(value, name)
+    return [{"field": f, "what": w} for f, w in found]
+
+
+LOOPBACK_ADDRESSES = ("localhost", "::1")
+
+
+def is_loopback(address: str) -> bool:
+    address = str(address).strip("[]")
+    return address in LOOPBACK_ADDRESSES or address.startswith("127.")
+
+
+def check_api_key_required(host: HostCase) -> list[dict]:
+    service = host.service
+    address = str(service.get("vllm_service_bind_address") or "")
+    if is_loopback(address) or service.get("api_key_set") or service.get("allow_no_api_key"):
+        return []
+    return [{"model": m["name"], "address": address, "port": m.get("port")} for m in host.models]
+
+
 Q = "vllm/model_executor/layers/quantization/"
 K = "vllm/model_executor/kernels/linear/mixed_precision/"
 
@@ -1171,6 +1207,34 @@ RULES: tuple[Rule, ...] = (
         "two models are named {name}",
         "rename one of them",
         check_names,
+    ),
+    Rule(
+        "unit-values-printable",
+        "host",
+        "No value that reaches a unit or EnvironmentFile (a model's name, repo, revision, flags, env; "
+        "the host's bind address and environment) holds a control character.",
+        "systemd reads a newline or carriage return as the end of a directive: the rest becomes a "
+        "directive of the caller's choosing (ExecStartPre=...); NUL ends a C string early; no flag, "
+        "path or repo id needs the other C0 characters or DEL (systemd.syntax(7)).",
+        (),
+        "{field} contains {what}: it would corrupt the systemd unit (a newline starts a directive of its own)",
+        "remove {what} from {field}",
+        check_unit_values_printable,
+    ),
+    Rule(
+        "api-key-required",
+        "host",
+        "A model that listens beyond loopback requires an API key.",
+        "Without --api-key (VLLM_API_KEY) vLLM answers /v1 to anyone who reaches the port; with one its "
+        "AuthenticationMiddleware guards only /v1, /v2, /inference and /cohere (GUARDED_PREFIX): "
+        "/metrics, /health, /version, /docs and /openapi.json stay open (docs/security.md).",
+        ("vllm/entrypoints/serve/middleware/register.py", "vllm/entrypoints/serve/middleware/authenticate.py"),
+        "{model} would listen on {address}:{port} without an API key: anyone who reaches the host could use it",
+        "set vllm_service_api_key: generate (one key per model, kept 0600 on the controller; "
+        "docs/security.md), or a key from Ansible Vault; or bind it to 127.0.0.1 "
+        "(vllm_service_bind_address); or, on a network you trust, say so with "
+        "vllm_service_allow_no_api_key: true",
+        check_api_key_required,
     ),
 )
 

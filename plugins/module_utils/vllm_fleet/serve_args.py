@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 
+from . import systemd
 from .serve_flag_spec import ALIASES, FLAGS
 
 
@@ -20,31 +21,14 @@ class ServeArgsError(ValueError):
     pass
 
 
-# A newline or carriage return in a flag would be written into the systemd unit's ExecStart as a
-# line of its own (a directive of the caller's choosing); NUL ends a C string early. vLLM never
-# needs them in a flag, so they are refused wherever flags come in (argv and inventory dicts).
-CONTROL_CHARACTERS = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte"}
-
-
 def _refuse_control_characters(name: str, value, kind: str = "flag") -> None:
-    texts = [name]
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-        elif isinstance(item, str):
-            texts.append(item)
-    for text in texts:
-        for char, what in CONTROL_CHARACTERS.items():
-            if char in text:
-                raise ServeArgsError(
-                    f"{kind} {name.lstrip('-')!r} contains {what}: it would become a line of its own in the "
-                    "systemd unit; remove it"
-                )
+    # A control character would reach the systemd unit (systemd.py says why each is refused).
+    found = systemd.unprintable_fields({name: value}, kind)
+    if found:
+        raise ServeArgsError(
+            f"{kind} {name.lstrip('-')!r} contains {found[0][1]}: it would corrupt the systemd unit "
+            "(a newline starts a directive of its own); remove it"
+        )
 
 
 def human_readable_int(value: str) -> int:

@@ -1,6 +1,58 @@
-"""Rendering values into systemd unit files safely (systemd.syntax(7), systemd.service(5))."""
+"""Rendering values into systemd unit files safely (systemd.syntax(7), systemd.service(5)).
+
+Every value the roles write into a unit or an EnvironmentFile passes through here. A control
+character in one is refused, never escaped: a newline or carriage return would start a line of
+its own (a directive of the caller's choosing, e.g. ExecStartPre=), NUL ends a C string early,
+and the other C0 characters and DEL have no use in a flag, a path, a repo id or a key. Preflight
+refuses them first, naming the field (rules.py, row unit-values-printable); the quoting functions
+raise as a second guard, for any path that did not pass preflight.
+"""
 
 from __future__ import annotations
+
+_NAMED = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte", "\t": "a tab"}
+
+
+class UnitValueError(ValueError):
+    pass
+
+
+def control_character(text: str) -> str | None:
+    """How to name the first C0 control character or DEL in ``text``; None when it has none."""
+    for char in str(text):
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return _NAMED.get(char, f"the control character U+{ord(char):04X}")
+    return None
+
+
+def unprintable_fields(value, field: str) -> list[tuple[str, str]]:
+    """(field path, what) for every string in ``value`` (dict keys included, nested) that holds a
+    control character, e.g. ("vllm_models[tiny].flags.chat-template", "a newline")."""
+    found = []
+    stack = [(field, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                sub_path = f"{path}.{key}"
+                what = control_character(str(key))
+                if what:
+                    found.append((f"{path} (a key)", what))
+                stack.append((sub_path, sub))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{path}[{i}]", sub) for i, sub in enumerate(item))
+        elif isinstance(item, str):
+            what = control_character(item)
+            if what:
+                found.append((path, what))
+    return sorted(found)
+
+
+def refuse_control_characters(text: str, what: str) -> str:
+    found = control_character(text)
+    if found:
+        raise UnitValueError(f"{what} {str(text)[:40]!r} contains {found}: it would corrupt the systemd unit")
+    return str(text)
 
 
 def quote_exec_arg(arg: str) -> str:
@@ -10,6 +62,7 @@ def quote_exec_arg(arg: str) -> str:
     whitespace outside quotes; a JSON flag value or a path with a space would otherwise be
     split or rewritten.
     """
+    refuse_control_characters(arg, "the ExecStart= argument")
     escaped = str(arg).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"'
 
@@ -22,5 +75,15 @@ def quote_environment(name: str, value: str) -> str:
     """One Environment= assignment, quoted as a whole ("NAME=value")."""
     if not name.replace("_", "").isalnum() or name[0].isdigit():
         raise ValueError(f"environment variable name {name!r} is not valid")
+    refuse_control_characters(value, f"the value of {name}")
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
     return f'"{name}={escaped}"'
+
+
+def environment_file_line(name: str, value: str) -> str:
+    """One NAME=value line of an EnvironmentFile (the API key's): the value verbatim after the
+    check, since systemd reads the rest of the line as the value."""
+    if not name.replace("_", "").isalnum() or name[0].isdigit():
+        raise ValueError(f"environment variable name {name!r} is not valid")
+    refuse_control_characters(value, f"the value of {name}")
+    return f"{name}={value}\n"
