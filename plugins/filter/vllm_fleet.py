@@ -6,6 +6,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import (
     converged,
     inventory,
+    layout,
     probe,
     rollout,
     rules,
@@ -67,6 +68,16 @@ def systemd_environment_file_line(value, name):
         raise AnsibleFilterError(str(e).replace(str(value)[:40], "********")) from e
 
 
+def vllm_runtime_spec(spec):
+    """vllm_runtime_spec with every part typed and defaulted as its environment's name digests it."""
+    return layout.runtime_spec(**dict(spec))
+
+
+def vllm_wheelhouse_name(requirements, package, version, python_version, arch):
+    """The controller wheelhouse's name for these pip requirements (layout.wheelhouse_name)."""
+    return layout.wheelhouse_name(str(package), str(version), str(python_version), str(arch), list(requirements))
+
+
 def vllm_is_loopback(address):
     """Whether a bind address is reachable only from the host itself (rules.is_loopback)."""
     return rules.is_loopback(str(address))
@@ -120,6 +131,8 @@ class FilterModule:
             "systemd_environment_file_line": systemd_environment_file_line,
             "vllm_redact": vllm_redact,
             "vllm_is_loopback": vllm_is_loopback,
+            "vllm_runtime_spec": vllm_runtime_spec,
+            "vllm_wheelhouse_name": vllm_wheelhouse_name,
             "vllm_rollout_rows_passed": vllm_rollout_rows_passed,
             "vllm_rollout_rows_restored": vllm_rollout_rows_restored,
             "vllm_rollout_rows_converged": vllm_rollout_rows_converged,

@@ -10,15 +10,20 @@ description:
     and modules share (environments, weights, units, secrets, state, the controller's cache), kept
     in C(plugins/module_utils/vllm_fleet/layout.py). Role defaults read them from here, so an
     inventory that sets nothing gets the same release and the same places everywhere.
-  - C(env_dir) composes an environment's directory from O(version), O(device) and O(root) (each
-    defaulting to the pinned one); C(model_configs_dir) is the collection's own C(model_configs/).
+  - C(env_dir) composes an environment's directory from O(spec) (vllm_runtime_spec, the release,
+    device, manager, packages and Python; its digest ends the name) and O(root); without O(spec),
+    from O(version) and O(device) with the default runtime's other parts. C(model_configs_dir) is the
+    collection's own C(model_configs/).
+  - Names whose value is a list (C(runtime_extra_packages), C(cpu_removed_packages)) answer one
+    item each; use C(query) for them.
 options:
   _terms:
     description:
       - Names to look up, one value each. C(vllm_version), C(runtime_root), C(environments_root),
         C(env_dir), C(state_dir), C(models_root), C(last_good_dir), C(converged_path), C(report_dir),
-        C(unit_dir), C(config_dir), C(bind_address), C(api_key_setting), C(api_keys_subdir), C(controller_cache)
-        (C($VLLM_FLEET_CACHE) when set),
+        C(unit_dir), C(config_dir), C(bind_address), C(api_key_setting), C(api_keys_subdir),
+        C(runtime_manager), C(runtime_extra_packages), C(cpu_removed_packages), C(host_python),
+        C(host_python_version), C(controller_cache) (C($VLLM_FLEET_CACHE) when set),
         C(collection_root), C(model_configs_dir).
     required: true
   version:
@@ -31,6 +36,9 @@ options:
   root:
     description: For C(env_dir) and C(environments_root), the runtime root (empty means the default one).
     type: str
+  spec:
+    description: For C(env_dir), the whole runtime spec (vllm_runtime_spec); empty means the default one.
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -65,7 +73,10 @@ class LookupModule(LookupBase):
             root = self.get_option("root") or layout.RUNTIME_ROOT
             if name == "env_dir":
                 version = self.get_option("version") or layout.VLLM_VERSION
-                answers.append(layout.env_dir(version=version, device=self.get_option("device") or "cuda", root=root))
+                device = self.get_option("device") or "cuda"
+                given = self.get_option("spec")
+                spec = layout.runtime_spec(**given) if given else layout.runtime_spec(version, device)
+                answers.append(layout.env_dir(root=root, spec=spec))
             elif name == "environments_root":
                 answers.append(layout.environments_root(root))
             elif name not in known:
@@ -73,6 +84,8 @@ class LookupModule(LookupBase):
                 raise AnsibleError(f"vllm_fleet.fleet.layout knows no {name!r}; it knows {names}")
             elif known[name] is None:
                 raise AnsibleError(f"vllm_fleet.fleet.layout cannot find {name}: no roles/ beside its plugins")
+            elif isinstance(known[name], list):
+                answers.extend(known[name])
             else:
                 answers.append(known[name])
         return answers

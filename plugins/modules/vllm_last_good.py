@@ -147,6 +147,7 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.rollou
     SLOTS,
     changes,
     choose_restore,
+    env_problem,
     rotate,
 )
 
@@ -258,6 +259,13 @@ def restore(module: AnsibleModule, state_dir: Path, name: str, unit: Path, env: 
         module.fail_json(
             msg=f"{name}: the {choice.slot} good state needs {', '.join(gone)}, which is no longer on the host "
             "(pruned or removed): deploy it again with site.yml",
+            slot=choice.slot,
+        )
+    # The environment must be the one the state was proven with, not only a directory of its name.
+    problem = env_problem(record["env_dir"], record["vllm_version"]) if record.get("env_dir") else None
+    if problem:
+        module.fail_json(
+            msg=f"{name}: the {choice.slot} good state cannot run: {problem}; deploy it again with site.yml",
             slot=choice.slot,
         )
     result |= {"changed": True, "record": record}

@@ -212,10 +212,10 @@ def _supervisor_script(name: str, root: Path) -> str:
     return f"while :; do {nspawn}; rc=$?; [ $rc -eq 133 ] || exit $rc; done"
 
 
-def _start(name: str, root: Path) -> int:
+def _start(name: str, root: Path) -> subprocess.Popen:
     log = open(host_dir(name) / "console.log", "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             # "--machine=NAME" as an argument of its own makes the supervisor
             # findable by _nspawn_pids before nspawn itself has started.
             ["bash", "-c", _supervisor_script(name, root), "vllm-fleet-host", f"--machine={name}"],
@@ -226,26 +226,35 @@ def _start(name: str, root: Path) -> int:
         )
     finally:
         log.close()
-    return proc.pid
 
 
-def _nspawn_gone(name: str) -> bool:
-    """No nspawn for this host, in two scans half a second apart: one scan of /proc was seen to miss
-    a running nspawn (the first boot on a fresh machine, right after the base rootfs was built),
-    failing a host that was up."""
-    if _nspawn_pids(name):
-        return False
-    time.sleep(0.5)
-    return not _nspawn_pids(name)
+def _console_tail(name: str, lines: int = 15) -> str:
+    try:
+        text = (host_dir(name) / "console.log").read_text(errors="replace")
+    except OSError:
+        return "(no console.log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
-def _wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> str:
-    """Wait for SSH, then for systemd to finish booting; return its verdict."""
+def _wait_ready(host: Host, supervisor: subprocess.Popen, timeout: float = BOOT_TIMEOUT_S) -> str:
+    """Wait for SSH, then for systemd to finish booting; return its verdict.
+
+    Whether the host is still there is asked of the kernel, about the supervisor this process
+    started (waitpid, through Popen.poll): it cannot call a live child dead. The scan of /proc by
+    command line that did this before called a booted host's nspawn gone once (a fresh machine's
+    first `make demo`, issue 15): it reads every process's cmdline and skips any it cannot read, so
+    an empty or failed read of the two processes that matter looks like an exit. The scan stays
+    for what it is needed for, finding hosts another process started (list, destroy, leftovers).
+    """
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
-        if _nspawn_gone(host.name):
-            raise RuntimeError(f"{host.name}: systemd-nspawn exited; see {host_dir(host.name)}/console.log")
+        code = supervisor.poll()
+        if code is not None:
+            raise RuntimeError(
+                f"{host.name}: systemd-nspawn exited with status {code}; the end of "
+                f"{host_dir(host.name)}/console.log:\n{_console_tail(host.name)}"
+            )
         try:
             result = ssh(host, "systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -367,16 +376,22 @@ def _create(count: int, inventory: Path | None, log, first: int, seed_layer: Pat
         _setup_network(index)
         root = _mount_root(name, base, seed_layer)
         _personalize(root, name)
-        pid = _start(name, root)
+        supervisor = _start(name, root)
         host = Host(
-            name, index, f"{SUBNET}.{index}.2", f"{SUBNET}.{index}.1", pid, str(inventory or ""), str(seed_layer or "")
+            name,
+            index,
+            f"{SUBNET}.{index}.2",
+            f"{SUBNET}.{index}.1",
+            supervisor.pid,
+            str(inventory or ""),
+            str(seed_layer or ""),
         )
         state[name] = host
         _save_state(state)
         # One boot at a time: two systemds setting up their cgroups at once on this machine's
         # hybrid hierarchy were seen to lose the race ("Failed to attach to cgroup ... No such
         # file or directory"), leaving a unit failed and the host degraded. A boot takes ~1.5 s.
-        verdict = _wait_ready(host)
+        verdict = _wait_ready(host, supervisor)
         log(f"{host.name}: {host.address} up in {time.monotonic() - t0:.1f} s, systemd says {verdict}")
     hosts = [state[host_name(i)] for i in indices]
     if inventory is not None:

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
 
 from tests.hosts import testhosts
 from tests.integration import ansible_run, installed
@@ -23,6 +24,8 @@ pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
 TINY = "vllm-fleet/tiny-qwen2"
 NEWLINE = "vllm-fleet/tiny-qwen2-newline"
 UNIT = "/etc/systemd/system/vllm-tiny.service"
+# The environment the local inventory's runtime spec (the default one, on the CPU) is built into.
+HOST_ENV = layout.env_dir(device="cpu")
 API_KEY = "vf-test-" + secrets.token_hex(12)
 TINY_MODEL = {
     "name": "tiny",
@@ -132,7 +135,7 @@ def test_a_refused_flag_on_a_cold_host_fails_in_vllms_words_keeps_the_environmen
     # The rollout summary names the parser's verdict, not the task that reported it.
     assert re.search(r"the change failed \(vllm: error: unrecognized arguments", output), output[-4000:]
     # The proven environment is recorded: the fixed flag (the `deployed` run next) costs no rebuild.
-    record = testhosts.ssh(host, "cat /opt/vllm-fleet/envs/vllm-0.32.0-cpu/.vllm-fleet-install.json").stdout
+    record = testhosts.ssh(host, f"cat {HOST_ENV}/.vllm-fleet-install.json").stdout
     assert json.loads(record)["version"] == "0.32.0"
     fleet.built_before.add(host.name)
     # This environment, built and proven by the role, is the session's seed for the hosts of tests
@@ -160,7 +163,7 @@ def test_a_later_failure_while_the_proof_runs_reports_the_proofs_verdict_first(f
     ]
     # No unit was written; the proven environment is kept.
     assert testhosts.ssh(host, f"test -e {UNIT}", check=False).returncode != 0
-    record = testhosts.ssh(host, "cat /opt/vllm-fleet/envs/vllm-0.32.0-cpu/.vllm-fleet-install.json").stdout
+    record = testhosts.ssh(host, f"cat {HOST_ENV}/.vllm-fleet-install.json").stdout
     assert json.loads(record)["version"] == "0.32.0"
     fleet.built_before.add(host.name)
 
@@ -380,7 +383,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet, deployed):
     host = fleet.hosts[1]
     fleet.hub.clear_log()
     fleet.hub.cut_body_once(TINY, "model.safetensors", 1_000_000, revision="v1")
-    env_python = "/opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/python"
+    env_python = f"{HOST_ENV}/bin/python"
     args = (
         f"model={TINY} revision=v1 local_dir=/var/tmp/resume-test endpoint={fleet.hub.url} "
         "cache_dir=/var/tmp/resume-cache"
@@ -428,7 +431,7 @@ def test_the_fleet_mirror_downloads_each_revision_once_for_all_hosts(fleet, depl
                 "model_weights_source": "controller",
                 "model_weights_root": root,
                 "model_weights_mirror_dir": str(tmp_path / "mirror"),
-                "model_weights_python": "/opt/vllm-fleet/envs/vllm-0.32.0-cpu/bin/python",
+                "model_weights_python": f"{HOST_ENV}/bin/python",
             }
         ),
     )
@@ -440,6 +443,32 @@ def test_the_fleet_mirror_downloads_each_revision_once_for_all_hosts(fleet, depl
     for host in fleet.hosts:
         got = testhosts.ssh(host, "sha256sum", f"{root}/{TINY}/v1/model.safetensors").stdout.split()[0]
         assert got == want
+
+
+def test_a_runtime_change_builds_a_new_environment_beside_the_live_one(fleet, deployed):
+    # Issue 15: the environment was named by version and device only, so a change of what it holds
+    # (here the Python it is made from, the same interpreter by another path) deleted and rebuilt
+    # the directory the running unit uses.
+    host = fleet.hosts[0]
+    before = unit_state(host)
+    live_record = testhosts.ssh(host, f"cat {HOST_ENV}/.vllm-fleet-install.json").stdout
+    spec = {"vllm_runtime_python": "/usr/bin/python3.11"}
+    result = fleet.play("tests/integration/playbooks/runtime_only.yml", "--limit", host.name, "-e", json.dumps(spec))
+    assert result.returncode == 0, result.output[-4000:]
+    new_env = layout.env_dir(
+        root=layout.RUNTIME_ROOT, spec=layout.runtime_spec(device="cpu", python="/usr/bin/python3.11")
+    )
+    try:
+        assert new_env != HOST_ENV
+        record = json.loads(testhosts.ssh(host, f"cat {new_env}/.vllm-fleet-install.json").stdout)
+        assert record["python"] == "/usr/bin/python3.11" and record["version"] == layout.VLLM_VERSION
+        # The live environment and the unit on it are as they were, and it still answers.
+        assert testhosts.ssh(host, f"cat {HOST_ENV}/.vllm-fleet-install.json").stdout == live_record
+        assert unit_state(host) == before
+        status, body = request(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4})
+        assert status == 200 and body["choices"][0]["text"], body
+    finally:
+        testhosts.ssh(host, "rm", "-rf", new_env, check=False)
 
 
 # The failures last: each leaves its host as its failed run did (no run to put it back, which

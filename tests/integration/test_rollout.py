@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes, layout
 
 from tests.hosts import testhosts
 from tests.integration import ansible_run
@@ -39,7 +39,7 @@ UNIT = "/etc/systemd/system/vllm-tiny.service"
 STATE = "/var/lib/vllm-fleet/last-good/tiny"
 PLAY = "PLAY [Deploy and prove the models, batch by batch]"
 CONVERGED = "/var/lib/vllm-fleet/converged.json"
-ENV = "/opt/vllm-fleet/envs/vllm-0.32.0-cpu"
+ENV = layout.env_dir(device="cpu")  # the local inventory's runtime spec
 
 
 def tiny(revision: str) -> dict:
@@ -195,7 +195,7 @@ def test_first_deployment_is_kept_as_the_last_good_state(fleet, converged):
         perms = testhosts.ssh(host, f"stat -c '%a %n' {STATE}/.. {STATE}/current/env {STATE}/current/unit").stdout
         assert perms.split() == ["700", f"{STATE}/..", "600", f"{STATE}/current/env", "600", f"{STATE}/current/unit"]
         record = json.loads(testhosts.ssh(host, f"cat {STATE}/current/record.json").stdout)
-        assert record["model"]["revision"] == "v1" and record["env_dir"].endswith("vllm-0.32.0-cpu")
+        assert record["model"]["revision"] == "v1" and record["env_dir"] == ENV
     assert "VLLM-FLEET ROLLOUT SUMMARY" in converged.output
     # A deploy imports vLLM once per host (issue 21, docs/rollout.md). On the bare host that import
     # overlaps vLLM's start: the proof of the new environment, which also checks the unit's command

@@ -34,6 +34,7 @@ class Host:
     def deploy(self, revision: str) -> dict:
         env_dir, model_dir = self.root / "envs" / "vllm-0.32.0-cpu", self.root / "models" / revision
         env_dir.mkdir(parents=True, exist_ok=True)
+        (env_dir / ".vllm-fleet-install.json").write_text(json.dumps({"version": "0.32.0"}))
         model_dir.mkdir(parents=True, exist_ok=True)
         argv = [f"{env_dir}/bin/vllm", "serve", str(model_dir), "--host", "0.0.0.0", "--port", "8000"]
         self.unit.write_text(f"[Service]\nExecStart={' '.join(argv)}\n")
@@ -94,6 +95,17 @@ def test_save_rotate_restore_and_refuse(tmp_path):
     (tmp_path / "models" / "v1").rmdir()
     rc, out, _ = module("vllm_last_good", host.args("restore", target="back"))
     assert rc != 0 and "no longer on the host" in out["msg"] and "models/v2 " in host.unit.read_text()
+    # ... or when its environment is a directory of the right name that holds something else (issue
+    # 15): an unfinished build without its record, or another vLLM release built into it.
+    (tmp_path / "models" / "v1").mkdir()
+    record = tmp_path / "envs" / "vllm-0.32.0-cpu" / ".vllm-fleet-install.json"
+    record.write_text(json.dumps({"version": "0.31.0"}))
+    rc, out, _ = module("vllm_last_good", host.args("restore", target="back"))
+    assert rc != 0 and "holds vLLM 0.31.0, the good state ran 0.32.0" in out["msg"], out
+    record.unlink()
+    rc, out, _ = module("vllm_last_good", host.args("restore", target="back"))
+    assert rc != 0 and "has no .vllm-fleet-install.json" in out["msg"] and "models/v2 " in host.unit.read_text()
+    record.write_text(json.dumps({"version": "0.32.0"}))
 
     rc, out, _ = module("vllm_last_good", {"action": "read", "state_dir": str(host.state)})
     assert set(out["records"]["tiny"]) == {"current", "previous"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 
 import pytest
 
@@ -67,6 +68,41 @@ def test_create_is_idempotent_and_destroy_leaves_nothing(test_hosts, tmp_path):
     assert not [line for line in testhosts.leftovers() if "vf9" in line]
     testhosts.destroy(["vf9"], inventory)  # destroying twice is fine
     assert "vf9" not in inventory.read_text()
+
+
+def test_ten_creates_and_destroys_in_a_row_each_boot_and_leave_nothing(test_hosts, tmp_path):
+    # Issue 15: a fresh machine's first boot was failed as "systemd-nspawn exited" while it ran.
+    inventory = tmp_path / "hosts.yml"
+    for attempt in range(10):
+        (host,) = testhosts.create(1, inventory, first=9)
+        try:
+            state = testhosts.ssh(host, "systemctl", "is-system-running", check=False).stdout.strip()
+            assert state in ("running", "degraded"), f"attempt {attempt}: {state}"
+        finally:
+            testhosts.destroy(["vf9"], inventory)
+        assert not [line for line in testhosts.leftovers() if "vf9" in line], f"attempt {attempt}"
+
+
+def _unreachable_host() -> testhosts.Host:
+    return testhosts.Host("vf99", 99, "10.77.99.2", "10.77.99.1", 0)
+
+
+def test_a_supervisor_that_exits_is_reported_with_its_status():
+    supervisor = subprocess.Popen(["bash", "-c", "exit 3"])
+    supervisor.wait()
+    with pytest.raises(RuntimeError, match="systemd-nspawn exited with status 3"):
+        testhosts._wait_ready(_unreachable_host(), supervisor, timeout=5)
+
+
+def test_a_live_supervisor_is_never_called_exited():
+    # Whatever /proc shows, a child that runs is waited for until the timeout, not failed as gone.
+    supervisor = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(RuntimeError, match="not ready after 2 s"):
+            testhosts._wait_ready(_unreachable_host(), supervisor, timeout=2)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
 
 
 def test_a_seeded_host_boots_with_the_seeds_files_and_never_changes_them(test_hosts, tmp_path):

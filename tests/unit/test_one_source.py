@@ -166,8 +166,8 @@ def test_the_planner_models_the_pinned_release():
 
 
 def test_layout_composes_what_the_roles_use():
-    assert layout.env_dir("0.30.0", "cpu", "/srv/v") == "/srv/v/envs/vllm-0.30.0-cpu"
-    assert layout.env_dir(device="cpu") == f"{layout.RUNTIME_ROOT}/envs/vllm-{layout.VLLM_VERSION}-cpu"
+    assert re.fullmatch(r"/srv/v/envs/vllm-0\.30\.0-cpu-[0-9a-f]{12}", layout.env_dir("0.30.0", "cpu", "/srv/v"))
+    assert layout.env_dir(device="cpu").startswith(f"{layout.RUNTIME_ROOT}/envs/vllm-{layout.VLLM_VERSION}-cpu-")
     assert layout.unit_path("qwen") == f"{layout.UNIT_DIR}/vllm-qwen.service"
     values = layout.values()
     assert Path(values["model_configs_dir"], "qwen").is_dir()  # the shipped configs, found from the code

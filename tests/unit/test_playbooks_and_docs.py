@@ -174,6 +174,23 @@ def test_every_module_documents_in_valid_yaml_each_option_of_its_argument_spec()
         assert documented == spec_keys, path.name
 
 
+def test_every_lookup_documents_in_valid_yaml():
+    # A ": " in a description line made the layout lookup fail to load in every play.
+    import ast
+
+    for path in sorted((ROOT / "plugins/lookup").glob("*.py")):
+        docs = {
+            node.targets[0].id: node.value.value
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.Assign)
+            and getattr(node.targets[0], "id", "") in ("DOCUMENTATION", "EXAMPLES", "RETURN")
+        }
+        assert set(docs) == {"DOCUMENTATION", "EXAMPLES", "RETURN"}, path.name
+        assert yaml.safe_load(docs["DOCUMENTATION"])["name"] == path.stem
+        yaml.safe_load(docs["EXAMPLES"])
+        yaml.safe_load(docs["RETURN"])
+
+
 def test_every_action_plugin_takes_the_options_its_module_documents():
     # plugins/action/archive_stream.py validates its task's arguments on the controller (it may never
     # run the module) with the module's own spec, whose options ansible-doc shows.

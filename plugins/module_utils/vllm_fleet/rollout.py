@@ -15,7 +15,11 @@ Per host and model two good states are kept: `current` (the last that passed its
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+
+from . import layout
 
 # What makes two records the same deployment (the unit and secrets files by content, and what
 # they point at); saved_at and other bookkeeping are left out so a re-run changes nothing.
@@ -72,6 +76,23 @@ def changes(before: dict | None, after: dict) -> list[str]:
         # Same version, model and flags: the rest of the unit did (vllm_service settings, hardening).
         out.append("unit file (service settings)")
     return out
+
+
+def env_problem(env_dir: str, vllm_version: str) -> str | None:
+    """Why a good state cannot run on the environment at ``env_dir`` (None when it can): the
+    directory alone proves nothing, an interrupted build leaves one without its record, and a
+    rebuild of another release into it would run other code than the state was proven with."""
+    record_path = os.path.join(env_dir, layout.ENV_RECORD)
+    try:
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return f"{env_dir} has no {layout.ENV_RECORD} (an unfinished or removed build)"
+    except (OSError, ValueError) as e:
+        return f"{record_path} cannot be read ({e})"
+    if str(record.get("version")) != str(vllm_version):
+        return f"{env_dir} holds vLLM {record.get('version')}, the good state ran {vllm_version}"
+    return None
 
 
 @dataclass(frozen=True)
