@@ -144,7 +144,7 @@ def test_forks_generating_one_models_key_at_once_agree(tmp_path):
     keys = []
     threads = [
         threading.Thread(target=lambda: keys.append(api_keys.resolve("generate", "tiny", str(tmp_path))))
-        for _ in range(16)
+        for _thread in range(16)
     ]
     for t in threads:
         t.start()

@@ -269,7 +269,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         # A control character in a value bound for the unit refuses the model with the field named
         # (row unit-values-printable); planning it would only fail later on the same value.
         alone = rules.HostCase(gpus=[], models=[], vllm_version=version, raw_models=[item])
-        value_errors, _ = rules.evaluate(alone, version, "host", only=("unit-values-printable",))
+        value_errors, _warnings = rules.evaluate(alone, version, "host", only=("unit-values-printable",))
         if value_errors:
             unprintable.add(item.get("name"))
             plan = _refused(item.get("name", item.get("model", "?")), "", "", "", version)

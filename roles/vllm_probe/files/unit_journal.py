@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print a vLLM unit's journal with its API key replaced by ******** before it leaves the host.
 
 The key is read from the unit's own 0600 EnvironmentFile here on the host, so it never travels to
