@@ -471,6 +471,53 @@ def test_a_runtime_change_builds_a_new_environment_beside_the_live_one(fleet, de
         testhosts.ssh(host, "rm", "-rf", new_env, check=False)
 
 
+def test_a_restart_an_interrupted_run_lost_is_made_by_the_next_run(fleet, deployed):
+    # Issue 15, the controller interrupted mid-rollout: killed after the service role wrote a unit
+    # and before its handler restarted it, a run leaves the unit file as the next run wants it and
+    # the old process serving. Touching the unit file makes exactly that state (the desired file,
+    # newer than the process); the re-run must restart the unit, not find nothing to do.
+    host = fleet.hosts[1]
+    before = unit_state(host)
+    testhosts.ssh(host, "touch", UNIT)
+    result = fleet.play("site.yml", "--limit", host.name)
+    assert result.returncode == 0, result.output[-4000:]
+    assert ansible_run.task_lines(
+        result.output, "vllm_fleet.fleet.vllm_service : Find models whose running process is older"
+    ) == {f"changed: [{host.name}]"}, result.output[-4000:]
+    after = unit_state(host)
+    assert after["MainPID"] != before["MainPID"] and after["unit_sha256"] == before["unit_sha256"]
+    assert after["ActiveState"] == "active"
+    # Settled: the next run takes the fast path.
+    again = fleet.play("site.yml", "--limit", host.name)
+    assert again.returncode == 0 and again.recap()[host.name]["changed"] == 0, again.output[-4000:]
+
+
+def test_a_new_revision_that_would_fill_the_disk_is_refused_and_the_old_one_keeps_serving(fleet, deployed):
+    # Issue 15, disk full during a weights download: the download is refused before its first byte
+    # when it would not leave model_weights_reserve_gib free (here a reserve no disk has), the
+    # failure comes before any unit changes, and the revision being served keeps serving.
+    host = fleet.hosts[0]
+    publish_tiny_model(fleet.hub.root, f"{TINY}@v2", seed=1)
+    before = unit_state(host)
+    fleet.hub.clear_log()
+    result = fleet.play(
+        "site.yml",
+        "--limit",
+        host.name,
+        "-e",
+        "model_weights_reserve_gib=100000",
+        models=[dict(TINY_MODEL, revision="v2")],
+    )
+    assert result.returncode != 0
+    assert "not enough disk space" in result.output, result.output[-4000:]
+    assert fleet.hub.content_requests() == [], "no byte of the new revision was downloaded"
+    assert unit_state(host) == before
+    missing = testhosts.ssh(host, "test", "!", "-e", f"/var/lib/vllm-fleet/models/{TINY}/v2", check=False)
+    assert missing.returncode == 0
+    status, body = request(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4})
+    assert status == 200 and body["choices"][0]["text"], body
+
+
 # The failures last: each leaves its host as its failed run did (no run to put it back, which
 # cost a vLLM start each), and only the API key's check below reads the hosts after them.
 
