@@ -9,6 +9,8 @@ import hashlib
 import json
 import re
 import secrets
+import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -516,6 +518,39 @@ def test_a_new_revision_that_would_fill_the_disk_is_refused_and_the_old_one_keep
     assert missing.returncode == 0
     status, body = request(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4})
     assert status == 200 and body["choices"][0]["text"], body
+
+
+def test_a_rebooted_host_serves_again_and_the_next_run_changes_nothing(fleet, deployed):
+    # Issue 15, the host rebooted: the units are enabled and every record is on disk, so the model
+    # comes back by itself and the next run finds the host as its last full run left it.
+    host = fleet.hosts[1]
+    testhosts.ssh(host, "touch /run/vllm-fleet-before-reboot")  # /run is a tmpfs: a reboot empties it
+    testhosts.ssh(host, "systemctl reboot", check=False)  # the connection may drop with the host
+    deadline = time.monotonic() + 600
+    answered = False
+    while time.monotonic() < deadline and not answered:
+        time.sleep(3)
+        answered = rebooted(host) and request_or_none(host)
+    assert answered, "the model did not answer within 10 minutes of the reboot"
+    again = fleet.play("site.yml", "--limit", host.name)
+    assert again.returncode == 0 and again.changed() == {host.name: 0}, again.output[-4000:]
+    assert re.search(rf"{host.name}\s+tiny\s+unchanged\s+as the last full run left it", again.output), again.output
+
+
+def rebooted(host) -> bool:
+    try:
+        return testhosts.ssh(host, "test ! -e /run/vllm-fleet-before-reboot", check=False, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def request_or_none(host) -> bool:
+    """Whether the model answers a completion now (False while the host or vLLM is still starting)."""
+    try:
+        status, _body = request(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2})
+    except OSError:
+        return False
+    return status == 200
 
 
 # The failures last: each leaves its host as its failed run did (no run to put it back, which
