@@ -65,7 +65,7 @@ def systemd_environment_file_line(value, name):
     try:
         return systemd.environment_file_line(str(name), str(value))
     except ValueError as e:
-        raise AnsibleFilterError(str(e).replace(str(value)[:40], "********")) from e
+        raise AnsibleFilterError(str(e)) from e
 
 
 def vllm_runtime_spec(spec):

@@ -201,10 +201,10 @@ def main():
         "vllm_device": p["vllm_device"],
         # Named as the operator sets them, so a refusal names the variable to change.
         "vllm_service": {
-            "vllm_service_bind_address": service.get("bind_address") or layout.BIND_ADDRESS,
-            "vllm_service_environment": service.get("environment") or {},
-            "api_key_set": bool(service.get("api_key_set")),
-            "allow_no_api_key": bool(service.get("allow_no_api_key")),
+            "vllm_service_bind_address": service["bind_address"],
+            "vllm_service_environment": service["environment"],
+            "api_key_set": service["api_key_set"],
+            "allow_no_api_key": service["allow_no_api_key"],
         },
     }
     plan = check_host(host_vars, detected_gpus=p["gpus"] or None, facts_for=facts_for)

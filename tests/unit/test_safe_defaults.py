@@ -169,8 +169,9 @@ def test_check_mode_makes_no_key(tmp_path):
 def test_a_given_key_is_used_as_is_and_refused_with_a_control_character(tmp_path):
     assert api_keys.resolve("s3cret", "tiny", str(tmp_path)) == "s3cret"
     assert api_keys.resolve("", "tiny", str(tmp_path)) == ""
-    with pytest.raises(systemd.UnitValueError):
+    with pytest.raises(systemd.UnitValueError, match="the API key of tiny contains a newline") as refused:
         api_keys.resolve("s3cret\nExecStartPre=/bin/id", "tiny", str(tmp_path))
+    assert "s3cret" not in str(refused.value)  # the refusal names the key, never shows it
 
 
 def test_generated_keys_beside_an_inventory_are_not_read_as_inventory(tmp_path):

@@ -53,10 +53,7 @@ def normalize_model(item: dict) -> dict:
         {"model": item["model"], "revision": str(item.get("revision") or ""), "env": env}, f"model {name}"
     )
     if found:
-        raise InventoryError(
-            f"{found[0][0]} contains {found[0][1]}: it would corrupt the systemd unit (a newline starts a "
-            "directive of its own); remove it"
-        )
+        raise InventoryError(f"{found[0][0]} contains {found[0][1]}: {systemd.CORRUPTS_UNIT}; remove it")
     return {
         "name": name,
         "model": str(item["model"]),

@@ -92,6 +92,11 @@ def _weights_gib(memory, facts: ModelFacts, wbytes: int, tp: int, pp: int) -> fl
 
 
 def _refused(model: str, rule: str, message: str, fix: str, vllm_version: str) -> dict:
+    return _refused_by(model, [{"rule": rule, "message": message, "fix": fix}], vllm_version)
+
+
+def _refused_by(model: str, errors: list[dict], vllm_version: str) -> dict:
+    """A plan that refuses ``model`` for ``errors`` before anything about it was planned."""
     return {
         "verdict": "refused",
         "model": model,
@@ -106,7 +111,7 @@ def _refused(model: str, rule: str, message: str, fix: str, vllm_version: str) -
         "kv_tokens": None,
         "max_model_len": None,
         "max_model_len_fit": None,
-        "errors": [{"rule": rule, "message": message, "fix": fix}],
+        "errors": errors,
         "warnings": [],
         "translated_flags": {},
         "argv": [],
@@ -272,10 +277,8 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         value_errors, _warnings = rules.evaluate(alone, version, "host", only=("unit-values-printable",))
         if value_errors:
             unprintable.add(item.get("name"))
-            plan = _refused(item.get("name", item.get("model", "?")), "", "", "", version)
-            plan["errors"] = value_errors
-            plan["repo"] = item.get("model")
-            plans.append(plan)
+            plans.append(_refused_by(item.get("name", item.get("model", "?")), value_errors, version))
+            plans[-1]["repo"] = item.get("model")
             continue
         given = [gpus[i] for i in item.get("gpus") or [] if isinstance(i, int) and 0 <= i < len(gpus)]
         if device == "cpu":

@@ -1217,7 +1217,7 @@ RULES: tuple[Rule, ...] = (
         "directive of the caller's choosing (ExecStartPre=...); NUL ends a C string early; no flag, "
         "path or repo id needs the other C0 characters or DEL (systemd.syntax(7)).",
         (),
-        "{field} contains {what}: it would corrupt the systemd unit (a newline starts a directive of its own)",
+        "{field} contains {what}: " + systemd.CORRUPTS_UNIT,
         "remove {what} from {field}",
         check_unit_values_printable,
     ),

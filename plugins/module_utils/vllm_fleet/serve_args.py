@@ -25,10 +25,7 @@ def _refuse_control_characters(name: str, value, kind: str = "flag") -> None:
     # A control character would reach the systemd unit (systemd.py says why each is refused).
     found = systemd.unprintable_fields({name: value}, kind)
     if found:
-        raise ServeArgsError(
-            f"{kind} {name.lstrip('-')!r} contains {found[0][1]}: it would corrupt the systemd unit "
-            "(a newline starts a directive of its own); remove it"
-        )
+        raise ServeArgsError(f"{kind} {name.lstrip('-')!r} contains {found[0][1]}: {systemd.CORRUPTS_UNIT}; remove it")
 
 
 def human_readable_int(value: str) -> int:

@@ -11,6 +11,8 @@ raise as a second guard, for any path that did not pass preflight.
 from __future__ import annotations
 
 _NAMED = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte", "\t": "a tab"}
+# Why a control character is refused, in every message that refuses one.
+CORRUPTS_UNIT = "it would corrupt the systemd unit (a newline starts a directive of its own)"
 
 
 class UnitValueError(ValueError):
@@ -51,7 +53,8 @@ def unprintable_fields(value, field: str) -> list[tuple[str, str]]:
 def refuse_control_characters(text: str, what: str) -> str:
     found = control_character(text)
     if found:
-        raise UnitValueError(f"{what} {str(text)[:40]!r} contains {found}: it would corrupt the systemd unit")
+        # Named by ``what``, never shown: the value may be an API key.
+        raise UnitValueError(f"{what} contains {found}: {CORRUPTS_UNIT}")
     return str(text)
 
 
