@@ -101,10 +101,13 @@ def request(host, path: str, body: dict, api_key: str | None = API_KEY) -> tuple
         return exc.code, {}
 
 
-def test_check_mode_on_bare_hosts_plans_everything_and_changes_nothing(fleet):
-    # Runs before the `deployed` fixture: the hosts are bare.
-    result = fleet.play("site.yml", "--check")
+def test_check_mode_on_bare_hosts_plans_everything_and_changes_nothing(fleet, tmp_path):
+    # Runs before the `deployed` fixture: the hosts are bare. As a new operator's first --check: the
+    # default key setting (generate, no key given) and no key made yet, and --check makes none.
+    keys = tmp_path / "keys"
+    result = fleet.play("site.yml", "--check", "-e", f"vllm_service_api_key_dir={keys}", api_key="")
     assert result.returncode == 0, result.output[-4000:]
+    assert not keys.exists(), "--check made a key"
     assert result.output.count("would probe http://") == 3 * len(fleet.hosts)
     for host in fleet.hosts:
         leftovers = testhosts.ssh(
