@@ -59,7 +59,6 @@ WHEELHOUSE = (
 HOST_ENV = layout.env_dir(device="cpu")
 TINY = "vllm-fleet/tiny-qwen2"
 TINY_REVISION = "v1"
-TINY_DIR_ON_HOST = f"{layout.MODELS_ROOT}/{TINY}/{TINY_REVISION}"
 # The unit's command line, as inventories/local renders it (flags of the tiny model).
 TINY_FLAGS = ["--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager"]
 VLLM_GIB = 3.3  # one vLLM CPU instance (shared/facts.md)

@@ -44,6 +44,7 @@ class CallbackModule(CallbackBase):
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[str, list[dict]] = {}
+        self.unreachable: dict[str, str] = {}  # host -> the task it stopped answering in
         self.rollout_play_seen = False
 
     def v2_playbook_on_play_start(self, play) -> None:
@@ -59,14 +60,17 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_ok(self, result) -> None:
         self._collect(result)
 
+    def v2_runner_on_unreachable(self, result) -> None:
+        self.unreachable.setdefault(result._host.get_name(), result._task.get_name())
+
     def v2_playbook_on_stats(self, stats) -> None:
         if not self.rollout_play_seen:
             return
         rows = [row for host in sorted(self.rows) for row in self.rows[host]]
-        not_reached = [h for h in sorted(stats.processed) if h not in self.rows]
+        not_reached = [h for h in sorted(stats.processed) if h not in self.rows and h not in self.unreachable]
         self._display.banner("VLLM-FLEET ROLLOUT SUMMARY")
-        self._display.display(summary_table(rows, not_reached))
+        self._display.display(summary_table(rows, not_reached, self.unreachable))
         path = self.get_option("summary_json")
         if path:
             with open(os.path.expanduser(path), "w", encoding="utf-8") as fh:
-                json.dump({"rows": rows, "not_reached": not_reached}, fh, indent=1)
+                json.dump({"rows": rows, "not_reached": not_reached, "unreachable": self.unreachable}, fh, indent=1)

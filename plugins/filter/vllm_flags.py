@@ -60,8 +60,18 @@ def vllm_plan_row(plan):
         f"{plan.get('model')!s:<22} {gpus:<8} {_cell(plan.get('tp')):<3} {_cell(plan.get('dtype')):<9} "
         f"{plan.get('quantization') or '-':<5} {_cell(plan.get('weights_gib')):>8} "
         f"{_cell(plan.get('kv_cache_gib')):>8} {_cell(plan.get('max_model_len_fit')):>9}  "
-        f"{str(plan.get('verdict', '')).upper()}"
+        f"{str(plan.get('verdict', '')).upper():<8} {_revision_cell(plan)}"
     )
+
+
+def _revision_cell(plan):
+    """The revision as written and the commit the plan judged: master@9b1d07e6c2aa, or the commit alone."""
+    revision, commit = plan.get("revision"), plan.get("commit")
+    if not revision:
+        return ""
+    if commit == revision:
+        return commit[:12]
+    return f"{revision}@{commit[:12] if commit else '?'}"
 
 
 def vllm_plan_problem_line(problem, who):

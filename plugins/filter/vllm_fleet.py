@@ -31,6 +31,11 @@ def vllm_models_with_plan(items, host_plan, vllm_version=None):
         raise AnsibleFilterError(str(e)) from e
 
 
+def vllm_models_pinned(items, resolutions):
+    """vllm_models with each revision the play resolved at its commit (inventory.pin_models)."""
+    return inventory.pin_models(items, resolutions)
+
+
 def vllm_model_revisions(items):
     """The distinct {model, revision} pairs of the present models in items."""
     try:
@@ -125,6 +130,7 @@ class FilterModule:
             "vllm_models_normalized": vllm_models_normalized,
             "vllm_models_with_plan": vllm_models_with_plan,
             "vllm_model_revisions": vllm_model_revisions,
+            "vllm_models_pinned": vllm_models_pinned,
             "vllm_served_name": vllm_served_name,
             "systemd_exec_args": systemd_exec_args,
             "systemd_environment": systemd_environment,

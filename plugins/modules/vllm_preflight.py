@@ -62,6 +62,19 @@ options:
         description: The operator's word that the network is trusted (vllm_service_allow_no_api_key).
         type: bool
         default: false
+  revisions:
+    description:
+      - Each model's revision resolved to a commit (the C(resolved) list of
+        M(vllm_fleet.fleet.modelscope_revisions)). A model's config is read at its commit, and the
+        rules revision-pinned, revision-exists and revision-moved judge them.
+      - A model not in the list counts as unresolved, unless its revision is a commit id.
+    type: list
+    elements: dict
+    default: []
+  allow_floating_revisions:
+    description: Let a model follow a branch (vllm_allow_floating_revisions); without it a branch is refused.
+    type: bool
+    default: false
   model_configs_dir:
     description:
       - The shipped configs (C(model_configs/)).
@@ -171,6 +184,8 @@ def main():
                     "allow_no_api_key": {"type": "bool", "default": False},
                 },
             },
+            "revisions": {"type": "list", "elements": "dict", "default": []},
+            "allow_floating_revisions": {"type": "bool", "default": False},
             "model_configs_dir": {"type": "path"},
             "cache_dir": {"type": "path"},
             "fetch": {"type": "bool", "default": True},
@@ -199,6 +214,8 @@ def main():
         "vllm_models": p["models"],
         "vllm_version": vllm_version,
         "vllm_device": p["vllm_device"],
+        "vllm_revisions": p["revisions"],
+        "vllm_allow_floating_revisions": p["allow_floating_revisions"],
         # Named as the operator sets them, so a refusal names the variable to change.
         "vllm_service": {
             "vllm_service_bind_address": service["bind_address"],

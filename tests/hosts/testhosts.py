@@ -128,6 +128,12 @@ def _setup_network(index: int) -> None:
     _run(["ip", "-n", name, "route", "replace", "default", "via", f"{SUBNET}.{index}.1"])
 
 
+def set_network(host: Host, up: bool) -> None:
+    """Take the host's link down on this machine's side (to the controller it stops answering, as a
+    host powered off or cut from the network would; it keeps running) or bring it back."""
+    _run(["ip", "link", "set", f"{host.name}-h", "up" if up else "down"])
+
+
 def _teardown_network(name: str) -> None:
     # Deleting the namespace deletes the veth end inside it, and with it the pair.
     if name in _run(["ip", "netns", "list"]).stdout.split():

@@ -373,7 +373,8 @@ def test_systemd_restarts_a_killed_vllm_and_the_probe_passes_again(fleet, deploy
 
 def test_a_corrupted_weight_file_is_downloaded_again(fleet, deployed):
     host = fleet.hosts[1]
-    weights = "/var/lib/vllm-fleet/models/vllm-fleet/tiny-qwen2/v1/model.safetensors"
+    # site.yml resolved the tag v1 to its commit: the directory the unit serves is named by it.
+    weights = f"/var/lib/vllm-fleet/models/{TINY}/{fleet.hub.commit(TINY, 'v1')}/model.safetensors"
     good = testhosts.ssh(host, "sha256sum", weights).stdout.split()[0]
     testhosts.ssh(host, f"printf XXXX | dd of={weights} bs=1 seek=4096 conv=notrunc status=none")
     assert testhosts.ssh(host, "sha256sum", weights).stdout.split()[0] != good
@@ -515,10 +516,36 @@ def test_a_new_revision_that_would_fill_the_disk_is_refused_and_the_old_one_keep
     )
     assert result.returncode != 0
     assert "not enough disk space" in result.output, result.output[-4000:]
-    assert fleet.hub.content_requests() == [], "no byte of the new revision was downloaded"
+    # (The controller's preflight read v2's config.json at its commit: the host, no byte.)
+    host_requests = [r for r in fleet.hub.content_requests() if r.client == host.address]
+    assert host_requests == [], "no byte of the new revision was downloaded to the host"
     assert unit_state(host) == before
-    missing = testhosts.ssh(host, "test", "!", "-e", f"/var/lib/vllm-fleet/models/{TINY}/v2", check=False)
+    v2_dir = f"/var/lib/vllm-fleet/models/{TINY}/{fleet.hub.commit(TINY, 'v2')}"
+    missing = testhosts.ssh(host, "test", "!", "-e", v2_dir, check=False)
     assert missing.returncode == 0
+    status, body = request(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4})
+    assert status == 200 and body["choices"][0]["text"], body
+
+
+def test_bytes_that_do_not_match_the_hubs_listing_are_refused_and_the_old_revision_keeps_serving(fleet, deployed):
+    # Issue 15 point 7, the hub sends corrupted bytes, through the whole fleet: the SDK checks each
+    # file against the sha256 the listing gives, retries and gives up; the download fails before any
+    # unit changes, the revision is never recorded as verified, and the served one keeps answering.
+    host = fleet.hosts[0]
+    publish_tiny_model(fleet.hub.root, f"{TINY}@v3", seed=3)
+    v3 = fleet.hub.commit(TINY, "v3")
+    before = unit_state(host)
+    fleet.hub.serve_wrong_sha256(TINY, "model.safetensors")
+    try:
+        result = fleet.play("site.yml", "--limit", host.name, models=[dict(TINY_MODEL, revision="v3")])
+    finally:
+        fleet.hub.clear_faults()
+    assert result.returncode != 0
+    assert f"download of {TINY}@{v3} failed" in result.output, result.output[-4000:]
+    assert unit_state(host) == before
+    manifest = f"/var/lib/vllm-fleet/models/{TINY}/{v3}/.vllm-fleet-manifest.json"
+    unverified = testhosts.ssh(host, "test", "!", "-e", manifest, check=False)
+    assert unverified.returncode == 0, "bad bytes recorded as verified"
     status, body = request(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4})
     assert status == 200 and body["choices"][0]["text"], body
 
@@ -538,6 +565,57 @@ def test_a_rebooted_host_serves_again_and_the_next_run_changes_nothing(fleet, de
     again = fleet.play("site.yml", "--limit", host.name)
     assert again.returncode == 0 and again.changed() == {host.name: 0}, again.output[-4000:]
     assert re.search(rf"{host.name}\s+tiny\s+unchanged\s+as the last full run left it", again.output), again.output
+
+
+def test_a_branch_floats_only_when_allowed_and_a_moved_branch_is_said_and_deployed_by_commit(fleet, deployed, tmp_path):
+    # Issue 15 point 2. master is a branch: refused before any host changes unless the operator lets
+    # it float; allowed, every run deploys the commit it names now, and says so when it moved.
+    host = fleet.hosts[1]
+    publish_tiny_model(fleet.hub.root, f"{TINY}@master", seed=5)  # other weights than v1, which the host serves
+    first = fleet.hub.commit(TINY, "master")
+    record = tmp_path / "revisions.json"
+    on_master = [dict(TINY_MODEL, revision="master")]
+    before = unit_state(host)
+    refused = fleet.play("site.yml", "--limit", host.name, "-e", f"vllm_revisions_record={record}", models=on_master)
+    assert refused.returncode != 0
+    assert f"[revision-pinned] tiny: revision master of {TINY} is a branch (now commit {first[:12]})" in refused.output
+    assert f"pin the commit: revision: {first} (what master names now" in refused.output, refused.output[-3000:]
+    assert unit_state(host) == before, "refused in preflight: the host is untouched"
+
+    floating = (
+        "--limit",
+        host.name,
+        "-e",
+        f"vllm_revisions_record={record}",
+        "-e",
+        "vllm_allow_floating_revisions=true",
+    )
+    followed = fleet.play("site.yml", *floating, models=on_master)
+    assert followed.returncode == 0, followed.output[-4000:]
+    assert json.loads(record.read_text())[f"{TINY}@master"]["commit"] == first
+    change = rf"revision v1 \(\w{{12}}\) -> master \({first[:12]}\)"
+    assert re.search(rf"{host.name}\s+tiny\s+updated\s+{change}", followed.output), followed.output[-3000:]
+
+    publish_tiny_model(fleet.hub.root, f"{TINY}@master", seed=6)  # master moves: other weights
+    second = fleet.hub.commit(TINY, "master")
+    assert second != first
+    moved = fleet.play("site.yml", *floating, models=on_master)
+    assert moved.returncode == 0, moved.output[-4000:]
+    assert f"{TINY} master: {first[:12]} -> {second[:12]}" in moved.output, "said in the run's output"
+    assert re.search(rf"{host.name}\s+tiny\s+updated\s+master: {first[:12]} -> {second[:12]}", moved.output), (
+        moved.output[-3000:]
+    )
+    # Everything after preflight names the commit: the unit, its weights directory, the manifest, the last good state.
+    unit = testhosts.ssh(host, f"cat {UNIT}").stdout
+    assert f"Description=vLLM tiny ({TINY}@{second})" in unit and f"/models/{TINY}/{second}" in unit
+    manifest = json.loads(
+        testhosts.ssh(host, f"cat /var/lib/vllm-fleet/models/{TINY}/{second}/.vllm-fleet-manifest.json").stdout
+    )
+    assert manifest["revision"] == second
+    last_good = json.loads(testhosts.ssh(host, "cat /var/lib/vllm-fleet/last-good/tiny/current/record.json").stdout)
+    assert (last_good["model"]["revision"], last_good["model"]["revision_name"]) == (second, "master")
+    status, body = request(host, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4})
+    assert status == 200 and body["choices"][0]["text"], body
 
 
 def rebooted(host) -> bool:

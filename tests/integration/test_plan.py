@@ -28,6 +28,11 @@ def test_plan_with_detection_off_contacts_no_host_and_prints_every_model(tmp_pat
     for host in hosts.values():
         for model in host["vllm_models"]:
             assert model["name"] in result.output
+            # The example names branches: refused until pinned, each with its fix (the hub is out of reach).
+            assert (
+                f"host: [revision-pinned] {model['name']}: revision master of {model['model']} is not resolved"
+                in result.output
+            )
 
 
 # One model of the production fleet, planned on the host's own GPUs.
@@ -57,6 +62,8 @@ def gpu_host(tmp_path, detected_csv: str):
         "vllm_device": "cuda",
         "vllm_gpus": ["T4", "T4"],
         "vllm_models": [QWEN7B_GPTQ],
+        # master, unresolved here (no hub): planned on the shipped config, and said so.
+        "vllm_allow_floating_revisions": True,
     }
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {"gpuhost": host}}}))
     return inventory, {"PATH": f"{bin_dir}:{ansible_run.BIN}:/usr/sbin:/usr/bin:/sbin:/bin"}

@@ -10,7 +10,9 @@
    service start times unchanged);
 4. rollback.yml puts host 1 one step back (v2 -> v1) with no request to the hub;
 5. site.yml with v2 again: hosts 2 and 3 take the fast path (nothing runs on them), host 1 alone
-   is deployed.
+   is deployed;
+6. v4 in batches of two: host 2 loses its network mid-change; no further batch starts, host 3 is
+   untouched; the next run converges.
 Figures (round counts, durations) are printed for the closing note and docs/rollout.md.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -118,6 +121,10 @@ class Fleet:
         self.tmp = tmp
         self.outputs: list[str] = []
 
+    def commit(self, tag: str) -> str:
+        """The commit a tag names: what site.yml resolves it to, and the directory the unit serves."""
+        return self.hub.commit(TINY, tag)
+
     def play(self, playbook: str, *args: str, revision: str | None = None, serial=None):
         extra: dict = {}
         if revision is not None:
@@ -195,7 +202,8 @@ def test_first_deployment_is_kept_as_the_last_good_state(fleet, converged):
         perms = testhosts.ssh(host, f"stat -c '%a %n' {STATE}/.. {STATE}/current/env {STATE}/current/unit").stdout
         assert perms.split() == ["700", f"{STATE}/..", "600", f"{STATE}/current/env", "600", f"{STATE}/current/unit"]
         record = json.loads(testhosts.ssh(host, f"cat {STATE}/current/record.json").stdout)
-        assert record["model"]["revision"] == "v1" and record["env_dir"] == ENV
+        assert record["model"]["revision"] == fleet.commit("v1") and record["model"]["revision_name"] == "v1"
+        assert record["env_dir"] == ENV
     assert "VLLM-FLEET ROLLOUT SUMMARY" in converged.output
     # A deploy imports vLLM once per host (issue 21, docs/rollout.md). On the bare host that import
     # overlaps vLLM's start: the proof of the new environment, which also checks the unit's command
@@ -262,12 +270,13 @@ def test_a_good_change_rolls_through_in_batches_while_clients_are_served(fleet, 
         assert len(kept) == 1, kept
     rows = rows_by_host(result)
     for host in fleet.hosts:
-        assert served_revision(host) == "v2"
-        assert rows[host.name]["result"] == "updated" and rows[host.name]["changes"] == ["revision v1 -> v2"]
+        assert served_revision(host) == fleet.commit("v2")
+        change = f"revision v1 ({fleet.commit('v1')[:12]}) -> v2 ({fleet.commit('v2')[:12]})"
+        assert rows[host.name]["result"] == "updated" and rows[host.name]["changes"] == [change]
         # The good state before is kept, and so are its weights (pruning keeps what a state needs).
         previous = json.loads(testhosts.ssh(host, f"cat {STATE}/previous/record.json").stdout)
-        assert previous["model"]["revision"] == "v1"
-        testhosts.ssh(host, f"test -f /var/lib/vllm-fleet/models/{TINY}/v1/.vllm-fleet-manifest.json")
+        assert previous["model"]["revision"] == fleet.commit("v1")
+        testhosts.ssh(host, f"test -f /var/lib/vllm-fleet/models/{TINY}/{fleet.commit('v1')}/.vllm-fleet-manifest.json")
 
 
 def test_a_bad_change_stops_at_the_canary_which_is_rolled_back(fleet, converged):
@@ -280,18 +289,20 @@ def test_a_bad_change_stops_at_the_canary_which_is_rolled_back(fleet, converged)
     assert "the answer is only newlines" in result.output
     rows = rows_by_host(result)
     assert rows[canary.name]["result"] == "rolled back", rows
-    assert rows[canary.name]["changes"][0] == "back to vllm-fleet/tiny-qwen2@v2, vllm 0.32.0"
+    assert (
+        rows[canary.name]["changes"][0] == f"back to vllm-fleet/tiny-qwen2@v2 ({fleet.commit('v2')[:12]}), vllm 0.32.0"
+    )
     assert "the answer is only newlines" in rows[canary.name]["changes"][1]
     assert rows[canary.name]["latency_s"] > 0
     assert result.summary["not_reached"] == [h.name for h in others]
     # The canary answers again, with the previous revision.
-    assert served_revision(canary) == "v2"
+    assert served_revision(canary) == fleet.commit("v2")
     status, text = complete(canary)
     assert status == 200 and text.strip(), text
     # The other hosts were never touched.
     assert {h.name: unit_state(h) for h in others} == before
     for host in others:
-        assert served_revision(host) == "v2"
+        assert served_revision(host) == fleet.commit("v2")
     # The canary's record of its last full run is gone (that run failed): its next run is a full one.
     records = {h.name: testhosts.ssh(h, f"test -f {CONVERGED}", check=False).returncode for h in fleet.hosts}
     assert records == {canary.name: 1, **{h.name: 0 for h in others}}
@@ -305,16 +316,18 @@ def test_rollback_playbook_goes_one_step_back_without_downloads(fleet, converged
           f"{len(fleet.hub.requests)}")  # fmt: skip
     assert result.returncode == 0, result.output[-6000:]
     assert fleet.hub.requests == []
-    assert served_revision(canary) == "v1"
+    assert served_revision(canary) == fleet.commit("v1")
     status, text = complete(canary)
     assert status == 200 and text.strip(), text
     rows = rows_by_host(result)
     assert rows[canary.name]["result"] == "rolled back"
-    assert rows[canary.name]["changes"] == ["back to vllm-fleet/tiny-qwen2@v1, vllm 0.32.0"]
+    assert rows[canary.name]["changes"] == [
+        f"back to vllm-fleet/tiny-qwen2@v1 ({fleet.commit('v1')[:12]}), vllm 0.32.0"
+    ]
     # What was put back is now the last good state; the state left is the one before it.
     current = json.loads(testhosts.ssh(canary, f"cat {STATE}/current/record.json").stdout)
     previous = json.loads(testhosts.ssh(canary, f"cat {STATE}/previous/record.json").stdout)
-    assert (current["model"]["revision"], previous["model"]["revision"]) == ("v1", "v2")
+    assert (current["model"]["revision"], previous["model"]["revision"]) == (fleet.commit("v1"), fleet.commit("v2"))
 
 
 def test_back_to_v2_only_the_rolled_back_host_runs_the_roles(fleet, converged):
@@ -334,7 +347,63 @@ def test_back_to_v2_only_the_rolled_back_host_runs_the_roles(fleet, converged):
     changed = result.changed()
     assert changed[canary.name] > 0 and all(changed[h.name] == 0 for h in others), changed
     assert {h.name: unit_state(h) for h in others} == before
-    assert served_revision(canary) == "v2"
+    assert served_revision(canary) == fleet.commit("v2")
+
+
+def test_a_host_that_stops_answering_mid_batch_stops_the_rollout_and_the_next_run_converges(fleet, converged):
+    # Issue 15 point 7. Batches of two then the rest: host 2 loses its network once it has
+    # downloaded the new revision (its veth on this machine goes down), in the middle of its change.
+    # Ansible drops an unreachable host without the rescue and max_fail_percentage ignores it
+    # (ansible/ansible#56265): without deploy.yml's check, host 3's batch would start.
+    canary, lost, last = fleet.hosts
+    publish_tiny_model(fleet.hub.root, f"{TINY}@v4", seed=2)
+    v4 = fleet.commit("v4")
+    untouched = unit_state(last)
+    fleet.hub.clear_log()
+    cut = threading.Event()
+
+    def cut_when_downloaded():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not cut.is_set():
+            if any(r.client == lost.address and r.kind == "content" for r in fleet.hub.requests):
+                testhosts.set_network(lost, up=False)
+                cut.set()
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=cut_when_downloaded, daemon=True)
+    watcher.start()
+    try:
+        result = fleet.play("site.yml", revision="v4", serial=[2, "100%"])
+    finally:
+        watcher.join(timeout=5)
+        testhosts.set_network(lost, up=True)
+    print(f"\n[rollout] a host lost mid-batch: {result.seconds:.0f} s")
+    assert cut.is_set(), "the host never downloaded v4: nothing was injected"
+    assert result.returncode != 0
+    recap = result.recap()
+    assert recap[lost.name]["unreachable"] == 1, recap
+    assert f"{lost.name} stopped answering during this batch" in result.output, result.output[-4000:]
+    assert result.output.count(PLAY) == 1, "a further batch started after a host of this one was lost"
+    assert unit_state(last) == untouched, "the host of the next batch was touched"
+    assert served_revision(canary) == v4
+    rows = rows_by_host(result)
+    assert rows[canary.name]["result"] == "updated", rows
+    assert result.summary["unreachable"].keys() == {lost.name}, result.summary
+    assert re.search(rf"{lost.name}\s+-\s+unreachable\s+stopped answering in '", result.output), result.output[-3000:]
+
+    # Its network back, the next run converges: the lost host and the one never reached get v4,
+    # the canary takes the fast path.
+    again = fleet.play("site.yml", revision="v4", serial=["100%"])
+    print(f"\n[rollout] the run after: {again.seconds:.0f} s")
+    assert again.returncode == 0, again.output[-6000:]
+    rows = rows_by_host(again)
+    assert rows[canary.name]["result"] == "unchanged", rows
+    for host in (lost, last):
+        assert rows[host.name]["result"] == "updated", rows
+        assert served_revision(host) == v4
+        status, _text = chat(host)
+        assert status == 200
 
 
 def chat(host, max_tokens: int = 8, timeout_s: float = 60) -> tuple[int, str]:

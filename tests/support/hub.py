@@ -4,6 +4,14 @@
 
 serves DIR laid out as ``DIR/<owner>/<name>/<revision>/<files...>`` (any number of revisions per
 model; "master" is reported as a branch, every other revision as a tag) and prints its URL.
+
+Commits: each revision directory's commit id is the sha1 of its file list (path and sha256 of each
+file), 40 hex digits as a git commit id is: content-addressed, so the same bytes are the same
+commit. The file listing carries it in every entry's "Revision" field, as the real hub's listing
+carries a commit id there (modelscope/hub/utils/caching.py compares it with a commit id), and any
+request takes a commit id where it takes a branch or tag. ``publish`` keeps each commit it
+writes under ``DIR/<owner>/<name>/.commits/<commit>/`` (hard links), so a commit stays
+downloadable after its branch moves on, as on a real hub.
 Point the SDK at it with ``MODELSCOPE_ENDPOINT=<url>`` (a full URL: a bare host gets https).
 
 Endpoints, as read from modelscope_hub 0.5.1 (_legacy_api.py, _download.py, errors.py):
@@ -68,6 +76,7 @@ class RecordedRequest:
     range: str | None = None  # the Range header as sent, e.g. "bytes=1048576-"
     bytes_sent: int = 0  # body bytes of file content actually written
     headers: dict[str, str] = field(default_factory=dict)
+    client: str = ""  # the address the request came from (which test host asked)
 
 
 @dataclass
@@ -84,6 +93,36 @@ def split_spec(spec: str) -> tuple[str, str]:
     return repo_id, revision or DEFAULT_BRANCH
 
 
+COMMITS_DIR = ".commits"  # under <owner>/<name>/: every commit publish wrote, by id
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+
+
+def commit_id(revision_dir: str | os.PathLike, sha256_of=None) -> str:
+    """The commit id of a revision directory: sha1 over each file's path and sha256, in order."""
+    base = Path(revision_dir)
+    sha256_of = sha256_of or _sha256
+    digest = hashlib.sha1()
+    for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(base).as_posix()}\0{sha256_of(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _keep_commit(root: str | os.PathLike, repo_id: str, revision_dir: Path) -> Path:
+    """Keep the revision's content under .commits/<id> (hard links: no second copy of the bytes)."""
+    kept = Path(root, repo_id, COMMITS_DIR, commit_id(revision_dir))
+    if not kept.exists():
+        shutil.copytree(revision_dir, kept, copy_function=os.link)
+    return kept
+
+
 def publish(root: str | os.PathLike, spec: str, source_dir: str | os.PathLike) -> Path:
     """Copy a model directory into the hub root as 'owner/name@revision'; returns its folder."""
     repo_id, revision = split_spec(spec)
@@ -91,6 +130,7 @@ def publish(root: str | os.PathLike, spec: str, source_dir: str | os.PathLike) -
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source_dir, target)
+    _keep_commit(root, repo_id, target)
     return target
 
 
@@ -103,7 +143,9 @@ def publish_tiny_model(root: str | os.PathLike, spec: str, variant: str = "norma
     target = Path(root, repo_id, revision)
     if target.exists():
         shutil.rmtree(target)
-    return make_tiny_model(target, variant=variant, seed=seed)
+    made = make_tiny_model(target, variant=variant, seed=seed)
+    _keep_commit(root, repo_id, target)
+    return made
 
 
 class StandInHub:
@@ -211,8 +253,35 @@ class StandInHub:
         return path if path.is_dir() else None
 
     def revisions(self, repo_id: str) -> list[str]:
+        """Branch and tag names: the revision directories (.commits holds commits, not names)."""
         repo = self.repo_dir(repo_id)
-        return sorted(p.name for p in repo.iterdir() if p.is_dir()) if repo else []
+        return sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")) if repo else []
+
+    def commit(self, repo_id: str, revision: str) -> str:
+        """The commit id a branch or tag points at now (what a test pins or expects)."""
+        found = self.revision_dir(repo_id, revision)
+        if found is None:
+            raise KeyError(f"{repo_id} has no revision {revision}")
+        return self._commit_of(found)
+
+    def revision_dir(self, repo_id: str, revision: str) -> Path | None:
+        """The directory a branch, tag or commit id names, or None."""
+        repo = self.repo_dir(repo_id)
+        if repo is None:
+            return None
+        if revision in self.revisions(repo_id):
+            return repo / revision
+        if _COMMIT_ID.fullmatch(revision):
+            for name in self.revisions(repo_id):
+                if self._commit_of(repo / name) == revision:
+                    return repo / name
+            kept = repo / COMMITS_DIR / revision
+            if kept.is_dir():
+                return kept
+        return None
+
+    def _commit_of(self, revision_dir: Path) -> str:
+        return commit_id(revision_dir, self.sha256)  # the cached sha256 of each file
 
     def sha256(self, path: Path) -> str:
         stat = path.stat()
@@ -230,27 +299,29 @@ class StandInHub:
         return cached
 
     def file_entries(self, repo_id: str, revision: str, recursive: bool, root: str | None) -> list[dict]:
-        base = self.root / repo_id / revision
+        base = self.revision_dir(repo_id, revision)
+        commit = self._commit_of(base)
+        committed = int(base.stat().st_mtime)
         start = base / root.strip("/") if root else base
         paths = sorted(start.rglob("*") if recursive else start.iterdir())
         entries = []
         for path in paths:
             rel = path.relative_to(base).as_posix()
             if path.is_dir():
-                entries.append(self._entry(rel, "tree", 0, "", revision))
+                entries.append(self._entry(rel, "tree", 0, "", commit, committed))
             elif path.is_file():
                 sha = self.sha256(path)
                 if self._lists_wrong_sha(repo_id, revision, rel):
                     sha = hashlib.sha256(b"not the bytes: " + sha.encode()).hexdigest()
-                entries.append(self._entry(rel, "blob", path.stat().st_size, sha, revision))
+                entries.append(self._entry(rel, "blob", path.stat().st_size, sha, commit, committed))
         return entries
 
     @staticmethod
-    def _entry(rel: str, kind: str, size: int, sha: str, revision: str) -> dict:
+    def _entry(rel: str, kind: str, size: int, sha: str, commit: str, committed: int) -> dict:
         # Field names as the hub's repo/files answer spells them; the SDK reads Path, Type,
-        # Size and Sha256 (modelscope_hub/_download.py, download_repo).
+        # Size and Sha256 (modelscope_hub/_download.py, download_repo); Revision is the commit.
         return {
-            "Id": hashlib.sha1(f"{revision}:{rel}".encode()).hexdigest(),
+            "Id": hashlib.sha1(f"{commit}:{rel}".encode()).hexdigest(),
             "Name": rel.rsplit("/", 1)[-1],
             "Path": rel,
             "Type": kind,
@@ -258,10 +329,10 @@ class StandInHub:
             "Sha256": sha,
             "IsLFS": kind == "blob" and rel.endswith(LFS_SUFFIXES),
             "Mode": "40000" if kind == "tree" else "100644",
-            "Revision": revision,
+            "Revision": commit,
             "CommitMessage": "stand-in hub",
             "CommitterName": "stand-in-hub",
-            "CommittedDate": 0,
+            "CommittedDate": committed,
         }
 
 
@@ -297,6 +368,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             kind="unknown",
             range=self.headers.get("Range"),
             headers=dict(self.headers.items()),
+            client=self.client_address[0],
         )
         try:
             self._route(url.path, query, record)
@@ -332,7 +404,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         else:
             revision = query.get("Revision") or DEFAULT_BRANCH
             record.revision = revision
-            if revision not in self.hub.revisions(repo_id):
+            if self.hub.revision_dir(repo_id, revision) is None:
                 self._error(record, HTTPStatus.NOT_FOUND, f"model {repo_id} has no revision {revision}")
             elif record.kind == "files":
                 self._files(record, repo_id, revision, query)
@@ -355,7 +427,7 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _files(self, record: RecordedRequest, repo_id: str, revision: str, query: dict[str, str]) -> None:
         recursive = query.get("Recursive", "False").lower() == "true"
         root = query.get("Root")
-        if root and not self._inside(self.hub.root / repo_id / revision, root, want_dir=True):
+        if root and not self._inside(self.hub.revision_dir(repo_id, revision), root, want_dir=True):
             self._error(record, HTTPStatus.NOT_FOUND, f"no directory {root} in {repo_id}@{revision}")
             return
         files = self.hub.file_entries(repo_id, revision, recursive, root)
@@ -394,7 +466,7 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     def _content(self, record: RecordedRequest, repo_id: str, revision: str, file_path: str) -> None:
         record.file_path = file_path
-        path = self._inside(self.hub.root / repo_id / revision, file_path) if file_path else None
+        path = self._inside(self.hub.revision_dir(repo_id, revision), file_path) if file_path else None
         if path is None:
             self._error(record, HTTPStatus.NOT_FOUND, f"file {file_path!r} not in {repo_id}@{revision}")
             return

@@ -144,6 +144,9 @@ def test_inputs_digest_follows_inputs_and_code_not_run_results(tmp_path):
         "vllm_preflight_result": {"plan": {"t": 1.5}},
         "vllm_rollout_serial": ["100%"],
         "vllm_rollout_fast_path": False,
+        # The resolution's bookkeeping (the record's previous commit appears from the second run
+        # on): the commits reach the digest through the pinned models.
+        "vllm_revisions": {"resolved": [{"model": "o/m", "revision": "v1", "previous_at": "2026-12-03 10:00 UTC"}]},
     }
     assert converged.inputs_digest({**base, **noise}, code) == digest
     assert converged.inputs_digest({**base, "vllm_models": [{"name": "tiny", "port": 8001}]}, code) != digest

@@ -213,10 +213,33 @@ def _production_models():
     return group, hosts
 
 
-def test_production_inventory_passes_preflight():
+def test_production_inventory_is_refused_only_until_its_branches_are_pinned():
+    # The example names master, a branch: refused (rule revision-pinned) with the commit to write,
+    # and for nothing else. Pinned (here master resolved to one commit, as the play's resolution
+    # step returns it; the shipped configs stand in for that commit's), every host passes.
     group, hosts = _production_models()
+    commit = "3f2a9c81d4e07a6b5c4d3e2f1a0b9c8d7e6f5a43"
+
+    def shipped(item):
+        assert item["revision"] == commit, "preflight reads the config at the resolved commit"
+        return load_facts(item["model"])
+
     for name, hv in hosts.items():
-        result = check_host({**group, **hv})
+        refused = check_host({**group, **hv})
+        models = [m["name"] for m in hv["vllm_models"]]
+        assert refused["verdict"] == "refused"
+        assert [e["rule"] for e in refused["errors"]] == ["revision-pinned"] * len(models), (name, refused["errors"])
+        pairs = zip(refused["errors"], models, strict=True)
+        assert all(e["message"].startswith(f"{m}: revision master of ") for e, m in pairs)
+        resolved = [
+            {"model": m["model"], "revision": m["revision"], "kind": "branch", "commit": commit}
+            for m in hv["vllm_models"]
+        ]
+        unpinned = check_host({**group, **hv, "vllm_revisions": resolved}, facts_for=shipped)
+        assert [e["rule"] for e in unpinned["errors"]] == ["revision-pinned"] * len(models)
+        assert all(f"pin the commit: revision: {commit} (what master names now" in e["fix"] for e in unpinned["errors"])
+        pinned = [dict(m, revision=commit) for m in hv["vllm_models"]]
+        result = check_host({**group, **hv, "vllm_models": pinned}, facts_for=shipped)
         assert result["verdict"] == "ok", (name, result)
 
 

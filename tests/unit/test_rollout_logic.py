@@ -120,6 +120,13 @@ def test_summary_table_lists_every_host_and_the_ones_not_reached():
     assert [line.split()[0] for line in table[2:]] == ["vf2", "vf3"] and "not reached" in table[2]
 
 
+def test_summary_table_names_a_host_that_stopped_answering_apart_from_those_never_reached():
+    table = rollout.summary_table([], ["vf3"], {"vf2": "vllm_fleet.fleet.vllm_probe : Probe"}).splitlines()
+    assert table[1].split()[:3] == ["vf2", "-", "unreachable"]
+    assert "stopped answering in 'vllm_fleet.fleet.vllm_probe : Probe'" in table[1] and "full run" in table[1]
+    assert table[2].split()[:3] == ["vf3", "-", "not"]
+
+
 def test_summary_cells_are_one_line_and_bounded():
     long = "probe failed:\n- /v1/completions: the answer is only newlines " + "x" * 300
     rows = [{"host": "vf1", "model": "tiny", "result": "rolled back", "changes": ["back to o/m@v2", long]}]

@@ -81,6 +81,8 @@ REFUSE = {
 DROP = {"flag": "max-paddings", "action": "drop", "message": "--max-paddings is gone", "fix": "remove it"}
 
 # rule id -> (passing case, failing case, words the message or fix must contain)
+C1, C2 = "3f2a9c81d4e07a6b5c4d3e2f1a0b9c8d7e6f5a43", "9b1d07e6c2aa5f3e8d1c0b4a7e6f5d4c3b2a1908"
+
 CASES = {
     "dtype-bfloat16-capability": (
         case(gpus=["A10"], dtype="bfloat16"),
@@ -257,6 +259,50 @@ CASES = {
         replace(host([M]), service={"vllm_service_bind_address": "0.0.0.0", "api_key_set": True}),
         replace(host([M]), service={"vllm_service_bind_address": "0.0.0.0", "api_key_set": False}),
         "vllm_service_api_key: generate",
+    ),
+    "revision-pinned": (
+        replace(host([M]), revisions={"a": {"model": "o/m", "revision": C1, "kind": "commit", "commit": C1}}),
+        replace(host([M]), revisions={"a": {"model": "o/m", "revision": "master", "kind": "branch", "commit": C1}}),
+        f"pin the commit: revision: {C1} (what master names now",
+    ),
+    "revision-exists": (
+        replace(host([M]), revisions={"a": {"model": "o/m", "revision": "v1", "kind": "tag", "commit": C1}}),
+        replace(
+            host([M]),
+            revisions={
+                "a": {
+                    "model": "o/m",
+                    "revision": "v9",
+                    "kind": "missing",
+                    "error": "the hub has no branch or tag v9 of o/m",
+                }
+            },
+        ),
+        "the hub has no branch or tag v9",
+    ),
+    "revision-unresolved-allowed": (
+        replace(
+            host([M]),
+            revisions={"a": {"model": "o/m", "revision": "master", "kind": "branch", "commit": C1}},
+            allow_floating_revisions=True,
+        ),
+        replace(
+            host([M]),
+            revisions={"a": {"model": "o/m", "revision": "master", "kind": "unknown", "error": "cannot reach the hub"}},
+            allow_floating_revisions=True,
+        ),
+        "o/m@master was not resolved to a commit (cannot reach the hub)",
+    ),
+    "revision-moved": (
+        replace(
+            host([M]), revisions={"a": {"model": "o/m", "revision": "v1", "kind": "tag", "commit": C1, "previous": C1}}
+        ),
+        replace(
+            host([M]),
+            revisions={"a": {"model": "o/m", "revision": "master", "kind": "branch", "commit": C2, "previous": C1}},
+            allow_floating_revisions=True,
+        ),
+        f"o/m master: {C1[:12]} -> {C2[:12]}",
     ),
 }
 

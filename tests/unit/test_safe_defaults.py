@@ -3,8 +3,11 @@ character from any inventory value into a unit or an EnvironmentFile."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import stat
+import tempfile
 import threading
 from pathlib import Path
 
@@ -17,6 +20,9 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import
     preflight,
     systemd,
 )
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import load_model_dir
+
+from tests.support import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -28,8 +34,27 @@ TINY = {
 }
 
 
+TINY_COMMIT = "3f2a9c81d4e07a6b5c4d3e2f1a0b9c8d7e6f5a43"
+# TINY's tag as the play's resolution step returns it (modelscope_revisions).
+TINY_RESOLVED = {"model": TINY["model"], "revision": "v1", "kind": "tag", "commit": TINY_COMMIT}
+
+
+@functools.cache
+def _tiny_dir() -> str:
+    # The tiny model's own config.json (tests/support/tiny_model.py), without its weights.
+    path = Path(tempfile.mkdtemp(prefix="tiny-config-"))
+    (path / "config.json").write_text(json.dumps(tiny_model.model_config(tiny_model.tokenizer_json("normal"))))
+    return str(path)
+
+
+def tiny_facts(item):
+    assert item["revision"] == TINY_COMMIT, "preflight reads the config at the resolved commit"
+    return load_model_dir(_tiny_dir(), name=item["model"])
+
+
 def plan(models, device="cpu", **service_vars):
-    return preflight.check_host({"vllm_device": device, "vllm_models": models, **service_vars})
+    host_vars = {"vllm_device": device, "vllm_models": models, "vllm_revisions": [TINY_RESOLVED], **service_vars}
+    return preflight.check_host(host_vars, facts_for=tiny_facts)
 
 
 def errors_of(result):

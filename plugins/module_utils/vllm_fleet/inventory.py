@@ -54,10 +54,15 @@ def normalize_model(item: dict) -> dict:
     )
     if found:
         raise InventoryError(f"{found[0][0]} contains {found[0][1]}: {systemd.CORRUPTS_UNIT}; remove it")
+    revision = str(item.get("revision") or "master")
     return {
         "name": name,
         "model": str(item["model"]),
-        "revision": str(item.get("revision") or "master"),
+        # The commit once the play resolved it (pin_models), else as written; revision_name is
+        # what the inventory wrote (a branch or tag), for people: the plan, the rollout summary. The
+        # unit names the commit only, so pinning the commit a tag names restarts nothing.
+        "revision": revision,
+        "revision_name": str(item.get("revision_name") or revision),
         "port": item.get("port"),
         "gpus": list(item.get("gpus") or []),
         "state": state,
@@ -108,6 +113,21 @@ def apply_plan(items: list | None, host_plan: dict | None, vllm_version: str | N
         model["flags"] = normalize(dict(translated))
         model["flags"].setdefault("served-model-name", model["name"])
     return models
+
+
+def pin_models(items: list | None, resolutions: list[dict] | None) -> list[dict]:
+    """Each item whose revision the play resolved (revisions.resolve) at its commit, the name it
+    had kept as revision_name; the others as they are (preflight refuses what must not run
+    unresolved). Items may come from several hosts: each is pinned on its own."""
+    found = {(str(r["model"]), str(r["revision"])): r.get("commit") for r in resolutions or []}
+    pinned = []
+    for item in items or []:
+        revision = str(item.get("revision") or "master") if isinstance(item, dict) else ""
+        commit = found.get((str(item.get("model")), revision)) if isinstance(item, dict) else None
+        if commit and commit != revision:
+            item = dict(item, revision=commit, revision_name=revision)
+        pinned.append(item)
+    return pinned
 
 
 def unique_revisions(items: list | None) -> list[dict]:

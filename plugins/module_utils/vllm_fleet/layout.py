@@ -38,6 +38,9 @@ API_KEY_SETTING = "generate"
 # purpose: Ansible parses every other file of an inventory directory as inventory (a key file once
 # became a host named after the key, printed in the play's output); names starting with "." it skips.
 API_KEYS_SUBDIR = ".vllm-api-keys"
+# Beside the inventory, for the same reason: what each branch or tag resolved to last time
+# (revisions.py), so a run can say that one moved.
+REVISIONS_RECORD = ".vllm-revisions.json"
 
 # On the controller: wheelhouses and the models mirror ($VLLM_FLEET_CACHE moves it).
 CONTROLLER_CACHE = "/var/cache/vllm-fleet"
@@ -150,6 +153,7 @@ def values() -> dict:
         "config_dir": CONFIG_DIR,
         "bind_address": BIND_ADDRESS,
         "api_keys_subdir": API_KEYS_SUBDIR,
+        "revisions_record": REVISIONS_RECORD,
         "api_key_setting": API_KEY_SETTING,
         "runtime_manager": RUNTIME_MANAGER,
         "runtime_extra_packages": list(RUNTIME_EXTRA_PACKAGES),

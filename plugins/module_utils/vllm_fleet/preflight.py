@@ -13,7 +13,7 @@ vllm_version, weights_source, moe (None for a dense model).
 
 from __future__ import annotations
 
-from . import layout, old_flags, quantization, rules
+from . import layout, old_flags, quantization, revisions, rules
 from .gpus import UnknownGPUError, has_bf16, resolve, usable_bytes
 from .model_facts import DTYPE_BYTES, ModelConfigError, ModelFacts, weight_bytes
 from .planner import GIB, local_experts, plan_memory
@@ -261,6 +261,10 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         def facts_for(item):
             return load_facts(item["model"], item.get("revision"))
 
+    # Each model's revision as the play resolved it: its config is read at that commit, so the
+    # verdict is about the bytes the hosts download (rule revision-pinned; revisions.py).
+    resolved = revisions.lookup(host_vars.get("vllm_revisions"))
+
     errors: list[dict] = []
     try:
         gpus = host_gpus(host_vars, detected_gpus)
@@ -283,8 +287,10 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         given = [gpus[i] for i in item.get("gpus") or [] if isinstance(i, int) and 0 <= i < len(gpus)]
         if device == "cpu":
             given = []
+        revision = revisions.of(resolved, str(item.get("model")), item.get("revision"))
+        at_commit = dict(item, revision=revision["commit"]) if revision.get("commit") else item
         try:
-            facts = facts_for(item)
+            facts = facts_for(at_commit)
         except (ModelConfigError, OSError) as e:
             plans.append(
                 _refused(
@@ -310,6 +316,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
             plan["verdict"] = "refused" if plan["errors"] else "ok"
         plan["port"] = item.get("port")
         plan["repo"] = item.get("model")
+        plan["revision"], plan["commit"] = revision["revision"], revision.get("commit")
         plans.append(plan)
     host_case = rules.HostCase(
         gpus=gpus,
@@ -326,6 +333,12 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         ],
         # The models' own values were judged above, one by one.
         service=service_inputs(host_vars),
+        revisions={
+            m.get("name", "?"): revisions.of(resolved, str(m.get("model")), m.get("revision"))
+            for m in models
+            if m.get("name") not in unprintable
+        },
+        allow_floating_revisions=bool(host_vars.get("vllm_allow_floating_revisions", False)),
     )
     host_errors, host_warnings = rules.evaluate(host_case, version, "host")
     errors += host_errors

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from . import layout
+from . import layout, revisions
 
 # What makes two records the same deployment (the unit and secrets files by content, and what
 # they point at); saved_at and other bookkeeping are left out so a re-run changes nothing.
@@ -49,11 +49,20 @@ def _flag_items(argv: list[str]) -> list[str]:
     return items
 
 
+def revision_label(model: dict) -> str:
+    """A model's revision for people: ``v1 (3f2a9c81d4e0)`` when a branch or tag was resolved to a
+    commit, the commit's first digits when the inventory pinned it, else the revision as it is."""
+    revision, name = str(model.get("revision") or ""), model.get("revision_name")
+    if name and name != revision:
+        return f"{name} ({revisions.short(revision)})"
+    return revisions.short(revision) if revisions.is_commit(revision) else revision
+
+
 def changes(before: dict | None, after: dict) -> list[str]:
     """What a deployment changed, in an operator's words: vLLM version, model revision, flags."""
     if before is None:
         model = after.get("model", {})
-        return [f"first good state: vllm {after.get('vllm_version')}, {model.get('model')}@{model.get('revision')}"]
+        return [f"first good state: vllm {after.get('vllm_version')}, {model.get('model')}@{revision_label(model)}"]
     out = []
     if before.get("vllm_version") != after.get("vllm_version"):
         out.append(f"vllm {before.get('vllm_version')} -> {after.get('vllm_version')}")
@@ -61,10 +70,15 @@ def changes(before: dict | None, after: dict) -> list[str]:
     if (b_model.get("model"), b_model.get("revision")) != (a_model.get("model"), a_model.get("revision")):
         b_name = b_model.get("model")
         a_name = a_model.get("model")
-        if b_name == a_name:
-            out.append(f"revision {b_model.get('revision')} -> {a_model.get('revision')}")
+        named = b_model.get("revision_name")
+        if b_name == a_name and named and named == a_model.get("revision_name") and named != a_model.get("revision"):
+            # The same branch or tag, another commit: it moved on the hub.
+            short_b, short_a = revisions.short(b_model.get("revision")), revisions.short(a_model.get("revision"))
+            out.append(f"{named}: {short_b} -> {short_a}")
+        elif b_name == a_name:
+            out.append(f"revision {revision_label(b_model)} -> {revision_label(a_model)}")
         else:
-            out.append(f"model {b_name}@{b_model.get('revision')} -> {a_name}@{a_model.get('revision')}")
+            out.append(f"model {b_name}@{revision_label(b_model)} -> {a_name}@{revision_label(a_model)}")
     b_flags, a_flags = _flag_items(before.get("argv", [])), _flag_items(after.get("argv", []))
     removed = [f for f in b_flags if f not in a_flags]
     added = [f for f in a_flags if f not in b_flags]
@@ -153,8 +167,9 @@ def _cell(text: str) -> str:
     return flat if len(flat) <= CELL_CHARS else flat[: CELL_CHARS - 3] + "..."
 
 
-def summary_table(rows: list[dict], not_reached: list[str]) -> str:
-    """The end-of-play table: one line per host and model, then the hosts the play never reached."""
+def summary_table(rows: list[dict], not_reached: list[str], unreachable: dict[str, str] | None = None) -> str:
+    """The end-of-play table: one line per host and model, then the hosts that stopped answering
+    (host -> the task they stopped in), then the hosts the play never reached."""
     lines = []
     for row in rows:
         latency = row.get("latency_s")
@@ -167,6 +182,9 @@ def summary_table(rows: list[dict], not_reached: list[str]) -> str:
                 f"{latency:.2f} s" if isinstance(latency, (int, float)) else "-",
             )
         )
+    for host, task in sorted((unreachable or {}).items()):
+        why = f"stopped answering in '{task}': left as it was then; the next run gives it a full run"
+        lines.append((host, "-", "unreachable", _cell(why), "-"))
     for host in not_reached:
         why = "nothing changed (preflight refused it, or the play stopped first)"
         lines.append((host, "-", "not reached", why, "-"))
@@ -225,7 +243,7 @@ def rows_from_restores(
         model = record.get("model") or {}
         if restore.get("changed"):
             result = "rolled back" if answered else "rolled back, not yet answering"
-            change = [f"back to {model.get('model')}@{model.get('revision')}, vllm {record.get('vllm_version')}"]
+            change = [f"back to {model.get('model')}@{revision_label(model)}, vllm {record.get('vllm_version')}"]
         else:
             result = unchanged_result
             change = [f"nothing restored: {restore.get('reason') or restore.get('msg', '')}"]

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from . import quantization, systemd, vllm_architectures
+from . import quantization, revisions, systemd, vllm_architectures
 from .architectures import ARCHITECTURES
 from .gpus import cc_int, has_bf16
 from .model_facts import ModelFacts, kv_heads_per_rank
@@ -119,6 +119,10 @@ class HostCase:
     # Every model item as the inventory gave it (flags not normalized: a control character in one
     # makes normalizing fail, and this row must still name the field).
     raw_models: list[dict] = field(default_factory=list)
+    # Each model's revision as the play resolved it (revisions.of: kind, commit, error, previous),
+    # by model name; and whether the operator lets branches float (vllm_allow_floating_revisions).
+    revisions: dict = field(default_factory=dict)
+    allow_floating_revisions: bool = False
 
 
 @dataclass(frozen=True)
@@ -747,6 +751,74 @@ def check_api_key_required(host: HostCase) -> list[dict]:
     return [{"model": m["name"], "address": address, "port": m.get("port")} for m in host.models]
 
 
+def _revision_values(host: HostCase, name: str) -> dict:
+    r = host.revisions.get(name) or {}
+    return {
+        "model": name,
+        "repo": r.get("model"),
+        "revision": r.get("revision"),
+        "commit": r.get("commit") or "",
+        "short": revisions.short(r.get("commit")),
+        "error": r.get("error") or "",
+        "previous": revisions.short(r.get("previous")),
+        "previous_commit": r.get("previous") or "",
+        "previous_at": r.get("previous_at") or "an earlier run",
+    }
+
+
+def check_revision_pinned(host: HostCase) -> list[dict]:
+    if host.allow_floating_revisions:
+        return []
+    return [
+        dict(
+            _revision_values(host, m["name"]),
+            why=_floating_why(host.revisions[m["name"]]),
+            pin=_pin(host.revisions[m["name"]]),
+        )
+        for m in host.models
+        if (host.revisions.get(m["name"]) or {}).get("kind") in ("branch", "unknown")
+    ]
+
+
+def _floating_why(r: dict) -> str:
+    if r.get("kind") == "branch":
+        return f"a branch (now commit {revisions.short(r.get('commit'))})"
+    return f"not resolved to a commit ({r.get('error')})"
+
+
+def _pin(r: dict) -> str:
+    if r.get("commit"):
+        return f"revision: {r['commit']} (what {r.get('revision')} names now; the plan shows it)"
+    return f"revision: the 40-digit commit id of {r.get('model')} you want"
+
+
+def check_revision_exists(host: HostCase) -> list[dict]:
+    return [
+        _revision_values(host, m["name"])
+        for m in host.models
+        if (host.revisions.get(m["name"]) or {}).get("kind") == "missing"
+    ]
+
+
+def check_revision_unresolved_allowed(host: HostCase) -> list[dict]:
+    if not host.allow_floating_revisions:
+        return []
+    return [
+        _revision_values(host, m["name"])
+        for m in host.models
+        if (host.revisions.get(m["name"]) or {}).get("kind") == "unknown"
+    ]
+
+
+def check_revision_moved(host: HostCase) -> list[dict]:
+    found = []
+    for m in host.models:
+        r = host.revisions.get(m["name"]) or {}
+        if r.get("previous") and r.get("commit") and r["previous"] != r["commit"]:
+            found.append(_revision_values(host, m["name"]))
+    return found
+
+
 Q = "vllm/model_executor/layers/quantization/"
 K = "vllm/model_executor/kernels/linear/mixed_precision/"
 
@@ -1235,6 +1307,57 @@ RULES: tuple[Rule, ...] = (
         "(vllm_service_bind_address); or, on a network you trust, say so with "
         "vllm_service_allow_no_api_key: true",
         check_api_key_required,
+    ),
+    Rule(
+        "revision-pinned",
+        "host",
+        "Each model's revision names one commit: a commit id, or a tag resolved to one. A branch, or a "
+        "name the controller could not resolve, only with vllm_allow_floating_revisions: true.",
+        "A branch moves: hosts installed on different days from one inventory serve different weights, "
+        "and preflight would judge a config the hosts never download (ModelScope repos are git repos; "
+        "the weights directory, the unit and the last-good record name the commit: docs/inventory.md).",
+        (),
+        "{model}: revision {revision} of {repo} is {why}: hosts installed on different days would "
+        "serve different weights",
+        "pin the commit: {pin}, or let the controller reach the hub (vllm_hub_endpoint) to resolve it; "
+        "or follow the branch on purpose with vllm_allow_floating_revisions: true",
+        check_revision_pinned,
+    ),
+    Rule(
+        "revision-exists",
+        "host",
+        "The hub has the branch or tag a model names.",
+        "The hosts' download would fail on it (the hub answers 404).",
+        (),
+        "{model}: {error}",
+        "correct the revision of {model} (a branch, a tag or a 40-digit commit id of {repo})",
+        check_revision_exists,
+    ),
+    Rule(
+        "revision-unresolved-allowed",
+        "host",
+        "With floating revisions allowed, a revision the controller could not resolve is planned on the "
+        "config preflight found for that name, and said so.",
+        "The plan is only as exact as that config: the hosts download whatever the name points at when "
+        "they ask the hub.",
+        (),
+        "{model}: {repo}@{revision} was not resolved to a commit ({error}): the plan judges the config "
+        "found for {revision}, and each host downloads whatever {revision} names when it asks",
+        "let the controller reach the hub (vllm_hub_endpoint), or pin a commit id",
+        check_revision_unresolved_allowed,
+        severity="warning",
+    ),
+    Rule(
+        "revision-moved",
+        "host",
+        "A branch or tag that names another commit than when the controller last resolved it is said so.",
+        "Neither keeping the old weights nor taking the new ones in silence: the run deploys the "
+        "commit shown, which is what the plan judged.",
+        (),
+        "{model}: {repo} {revision}: {previous} -> {short} (moved since {previous_at}); this run deploys {short}",
+        "nothing, to take it; to stay on the weights of before, pin revision: {previous_commit}",
+        check_revision_moved,
+        severity="warning",
     ),
 )
 
