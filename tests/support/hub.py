@@ -289,11 +289,7 @@ class StandInHub:
         with self._lock:
             cached = self._sha_cache.get(key)
         if cached is None:
-            digest = hashlib.sha256()
-            with path.open("rb") as fh:
-                while block := fh.read(1 << 20):
-                    digest.update(block)
-            cached = digest.hexdigest()
+            cached = _sha256(path)
             with self._lock:
                 self._sha_cache[key] = cached
         return cached

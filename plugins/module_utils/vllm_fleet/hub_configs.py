@@ -82,7 +82,12 @@ def shipped_config_dir(repo_id: str, model_configs_dir: str | None = None) -> st
     return _find_case_insensitive(root, repo_id) if root else None
 
 
-def _hub_message(error: Exception) -> str:
+def hub_where(endpoint: str | None) -> str:
+    """The hub a request goes to, as a message names it: the endpoint passed, else the SDK's own."""
+    return endpoint or os.environ.get("MODELSCOPE_ENDPOINT") or "the ModelScope hub"
+
+
+def hub_message(error: Exception) -> str:
     """The hub's own words for a failed request ("model qwen/x does not exist"), else the error's
     first line: the SDK's text adds a request id, the URL and the raw JSON body."""
     response = getattr(error, "response", None)
@@ -121,9 +126,8 @@ def fetch_small_files(
         try:
             snapshot_download(repo_id, local_dir=staging, **kwargs)
         except Exception as e:
-            where = endpoint or os.environ.get("MODELSCOPE_ENDPOINT") or "the ModelScope hub"
             raise ModelConfigError(
-                f"cannot fetch the config of {repo_id}@{revision} from {where}: {_hub_message(e)}. "
+                f"cannot fetch the config of {repo_id}@{revision} from {hub_where(endpoint)}: {hub_message(e)}. "
                 f"Check the repo id (owner/name, as the hub spells it) and the revision, or add the "
                 f"model's config.json to model_configs/{repo_id}/"
             ) from e

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from . import systemd
+from . import revisions, systemd
 from .old_flags import translate
 from .serve_args import ServeArgsError, normalize
 from .versions import DEFAULT_VLLM_VERSION
@@ -119,11 +119,14 @@ def pin_models(items: list | None, resolutions: list[dict] | None) -> list[dict]
     """Each item whose revision the play resolved (revisions.resolve) at its commit, the name it
     had kept as revision_name; the others as they are (preflight refuses what must not run
     unresolved). Items may come from several hosts: each is pinned on its own."""
-    found = {(str(r["model"]), str(r["revision"])): r.get("commit") for r in resolutions or []}
+    found = revisions.lookup(resolutions)
     pinned = []
     for item in items or []:
-        revision = str(item.get("revision") or "master") if isinstance(item, dict) else ""
-        commit = found.get((str(item.get("model")), revision)) if isinstance(item, dict) else None
+        if not isinstance(item, dict):
+            pinned.append(item)  # normalize_models names what is wrong with it
+            continue
+        revision = str(item.get("revision") or "master")
+        commit = (found.get((str(item.get("model")), revision)) or {}).get("commit")
         if commit and commit != revision:
             item = dict(item, revision=commit, revision_name=revision)
         pinned.append(item)

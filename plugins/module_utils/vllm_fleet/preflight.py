@@ -261,10 +261,6 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         def facts_for(item):
             return load_facts(item["model"], item.get("revision"))
 
-    # Each model's revision as the play resolved it: its config is read at that commit, so the
-    # verdict is about the bytes the hosts download (rule revision-pinned; revisions.py).
-    resolved = revisions.lookup(host_vars.get("vllm_revisions"))
-
     errors: list[dict] = []
     try:
         gpus = host_gpus(host_vars, detected_gpus)
@@ -272,9 +268,13 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         gpus = []
         errors.append({"rule": "gpu-known", "message": str(e), "fix": "use a catalog name or a dict"})
     models = [m for m in host_vars.get("vllm_models") or [] if (m.get("state") or "present") == "present"]
+    # Each model's revision as the play resolved it: its config is read at that commit, so the
+    # verdict is about the bytes the hosts download (rule revision-pinned; revisions.py).
+    resolved = revisions.lookup(host_vars.get("vllm_revisions"))
+    model_revisions = [revisions.of(resolved, str(m.get("model")), m.get("revision")) for m in models]
     plans = []
     unprintable = set()
-    for item in models:
+    for item, revision in zip(models, model_revisions, strict=True):
         # A control character in a value bound for the unit refuses the model with the field named
         # (row unit-values-printable); planning it would only fail later on the same value.
         alone = rules.HostCase(gpus=[], models=[], vllm_version=version, raw_models=[item])
@@ -287,7 +287,6 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         given = [gpus[i] for i in item.get("gpus") or [] if isinstance(i, int) and 0 <= i < len(gpus)]
         if device == "cpu":
             given = []
-        revision = revisions.of(resolved, str(item.get("model")), item.get("revision"))
         at_commit = dict(item, revision=revision["commit"]) if revision.get("commit") else item
         try:
             facts = facts_for(at_commit)
@@ -334,8 +333,8 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         # The models' own values were judged above, one by one.
         service=service_inputs(host_vars),
         revisions={
-            m.get("name", "?"): revisions.of(resolved, str(m.get("model")), m.get("revision"))
-            for m in models
+            m.get("name", "?"): revision
+            for m, revision in zip(models, model_revisions, strict=True)
             if m.get("name") not in unprintable
         },
         allow_floating_revisions=bool(host_vars.get("vllm_allow_floating_revisions", False)),

@@ -24,6 +24,8 @@ import os
 import re
 from dataclasses import asdict, dataclass
 
+from .hub_configs import hub_message, hub_where, looks_local
+
 # A git commit id (ModelScope repos are git repos): 40 hex digits. A shorter prefix is not a pin:
 # it may name a tag, and more than one commit once the repo grows.
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")
@@ -68,13 +70,9 @@ def commit_from_listing(entries: list[dict]) -> str | None:
 
 
 def _hub_error(error: Exception) -> str:
-    response = getattr(error, "response", None)
-    try:
-        message = response.json().get("Message") if response is not None else None
-    except (ValueError, AttributeError):
-        message = None
-    text = message or (str(error).strip().splitlines() or [type(error).__name__])[0]
-    # The SDK's text goes on with urllib3's whole retry story: its first clause says it.
+    """The hub's words (hub_configs.hub_message), without the retry story urllib3 appends to a
+    connection failure: its first clause says it."""
+    text = hub_message(error)
     return text.split(": HTTPConnectionPool(")[0].split(": HTTPSConnectionPool(")[0][:300]
 
 
@@ -94,7 +92,7 @@ def resolve(
     unreachable: str | None = None
     for item in items:
         model, revision = str(item["model"]), str(item.get("revision") or "master")
-        if model.startswith(("/", ".", "~")):
+        if looks_local(model):
             out.append(Resolution(model, revision, "local"))
             continue
         if is_commit(revision):
@@ -118,10 +116,10 @@ def resolve(
                 continue
             commit = commit_from_listing(client.list_repo_files(model, "model", revision=revision, recursive=False))
         except Exception as e:  # the SDK raises many kinds; the hub's words are what count
-            where = endpoint or os.environ.get("MODELSCOPE_ENDPOINT") or "the ModelScope hub"
-            error = f"cannot ask {where} about {model}@{revision}: {_hub_error(e)}"
+            where, said = hub_where(endpoint), _hub_error(e)
+            error = f"cannot ask {where} about {model}@{revision}: {said}"
             if _unreachable(e):
-                unreachable = f"cannot reach {where}: {_hub_error(e)}"
+                unreachable = f"cannot reach {where}: {said}"
             out.append(Resolution(model, revision, "unknown", error=error))
             continue
         if commit is None:
@@ -199,6 +197,6 @@ def of(found: dict[tuple[str, str], dict], model: str, revision: str | None) -> 
         return found[(model, revision)]
     if is_commit(revision):
         return asdict(Resolution(model, revision, "commit", commit=revision))
-    if model.startswith(("/", ".", "~")):
+    if looks_local(model):
         return asdict(Resolution(model, revision, "local"))
     return asdict(Resolution(model, revision, "unknown", error="not resolved: the play's resolution step did not run"))
