@@ -1,11 +1,11 @@
 """Run every operator benchmark and print one table (figure, value, baseline, ratio, goal, met?).
 
-    .venv/bin/python bench/run_all.py [--json OUT] [--only preflight,weights,probe,noop,cold]
+    .venv/bin/python bench/run_all.py [--json OUT] [--only preflight,weights,probe,noop,status,cold]
     make bench
 
 Order: the cheap ones first (preflight, weights), then one shared fleet of three test hosts is
 deployed with site.yml (a cold deploy of 3 hosts, reported too) and used by probe latency
-(host 1) and the no-op re-run (1, 2, 3 hosts), then destroyed; the cold deploy comes last, on a
+(host 1), the no-op re-run and status.yml's cost (1, 2, 3 hosts), then destroyed; the cold deploy comes last, on a
 bare host of its own. Each benchmark runs as its own process (bench/<name>.py, also runnable
 alone) and writes its rows as JSON; the shared fleet is destroyed here even on failure.
 A benchmark that fails is reported as failed and the others still run.
@@ -41,9 +41,10 @@ SCRIPTS = {
     "weights": "weights_transfer.py",
     "probe": "probe_latency.py",
     "noop": "noop_rerun.py",
+    "status": "status_cost.py",
     "cold": "cold_deploy.py",
 }
-SHARED = ("probe", "noop")  # run on the shared, converged fleet
+SHARED = ("probe", "noop", "status")  # run on the shared, converged fleet
 
 
 def run_one(name: str, work: Path, fleet_inventory: Path | None, results: dict) -> None:

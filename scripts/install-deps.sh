@@ -11,6 +11,7 @@ packages=(
   iproute2              # network namespaces and veth pairs for the test hosts
   openssh-client        # ansible reaches hosts over SSH
   git git-lfs           # the weights role's git mode
+  prometheus            # the observability tests: a real Prometheus and promtool (docs/observability.md)
 )
 
 missing=()

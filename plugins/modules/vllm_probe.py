@@ -19,6 +19,9 @@ description:
   - When given the unit's I(journal), reads what vLLM reported at its last start (weights GiB, KV cache
     GiB and tokens, maximum concurrency, or its refusal with the estimated maximum model length) and
     puts the preflight I(plan)'s prediction beside it.
+  - Once the answers passed, reads C(/metrics) (without the key, which vLLM does not ask there) and
+    checks that it declares I(metric_families), the names the shipped dashboard and alert rules read;
+    the requests it just made show in the served count.
   - Fails listing every problem, with the end of the journal when one was given.
   - "Runs on the controller (C(delegate_to: localhost)) with the Python standard library only. Probing
     changes nothing: C(changed) is always false. In check mode it sends nothing and reports what it
@@ -75,6 +78,23 @@ options:
     description: Journal lines shown in the failure message (0 for none).
     type: int
     default: 40
+  metric_families:
+    description:
+      - The metric families C(/metrics) must declare (the pinned vLLM's names the dashboard, alerts and
+        status read). An empty list, or no I(endpoints), skips C(/metrics).
+    type: list
+    elements: str
+    default:
+      - vllm:num_requests_running
+      - vllm:num_requests_waiting
+      - vllm:kv_cache_usage_perc
+      - vllm:request_success
+      - vllm:prompt_tokens
+      - vllm:generation_tokens
+      - vllm:num_preemptions
+      - vllm:time_to_first_token_seconds
+      - vllm:e2e_request_latency_seconds
+      - vllm:inter_token_latency_seconds
   use_proxy:
     description:
       - Whether C(http_proxy)/C(https_proxy) of the controller apply; by default the probe talks
@@ -190,6 +210,11 @@ comparison:
   type: list
   elements: dict
   sample: [{metric: "KV cache GiB", predicted: 55.1, measured: 54.3, error_pct: 1.5}]
+metrics:
+  description: What C(/metrics) answered, when the answers passed and I(metric_families) is not empty.
+  returned: when /metrics was read
+  type: dict
+  sample: {status: 200, missing_families: [], requests_served: 2}
 problems:
   description: Every problem found, each saying what is wrong, the numbers and what to do.
   returned: always
@@ -216,6 +241,7 @@ would_probe:
     - http://10.77.1.2:8000/health
     - http://10.77.1.2:8000/v1/chat/completions
     - http://10.77.1.2:8000/v1/completions
+    - http://10.77.1.2:8000/metrics
 """
 
 import json
@@ -229,6 +255,11 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine
     format_comparison,
     parse_engine_report,
     refusal_problem,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.monitoring import (
+    REQUIRED_FAMILIES,
+    load_figures,
+    missing_families,
 )
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.probe import (
     CHAT,
@@ -319,6 +350,23 @@ def probe_endpoint(opener, name: str, params: dict) -> dict:
     }
 
 
+def probe_metrics(opener, params: dict) -> dict:
+    """GET /metrics without the key, and check the families the dashboard and alerts read."""
+    url = params["base_url"] + "/metrics"
+    status, body, error = http(opener, url, None, params["request_timeout"])
+    if status != 200:
+        why = f"HTTP {status}" if status is not None else error
+        return {"status": status, "missing_families": [], "problems": [f"{url}: {why} -- Prometheus cannot scrape it"]}
+    missing = missing_families(body, params["metric_families"])
+    problems = (
+        [f"{url} lacks {', '.join(missing)}: the dashboard and alert rules read these (vLLM renamed them?)"]
+        if missing
+        else []
+    )
+    served = load_figures(body)["requests_served"]
+    return {"status": status, "missing_families": missing, "requests_served": served, "problems": problems}
+
+
 def _model_plan(plan: dict | None) -> tuple[dict | None, str | None]:
     if plan and "models" in plan:
         if len(plan["models"]) != 1:
@@ -353,6 +401,7 @@ def run(module: AnsibleModule) -> tuple[dict, str | None]:
 
     if module.check_mode:
         paths = ["/health"] + [ENDPOINTS[name][0] for name in p["endpoints"]]
+        paths += ["/metrics"] if p["metric_families"] and p["endpoints"] else []
         result.update(healthy=None, health_wait_s=0.0, would_probe=[p["base_url"] + path for path in paths])
         result["summary"] = [f"would probe {url}" for url in result["would_probe"]]
         return result, None
@@ -375,6 +424,15 @@ def run(module: AnsibleModule) -> tuple[dict, str | None]:
             result[name] = answer
             result["problems"].extend(answer["problems"])
             summary.append(summary_line(name, answer))
+        if p["metric_families"] and p["endpoints"] and not result["problems"]:
+            metrics = probe_metrics(opener, p)
+            result["metrics"] = {k: v for k, v in metrics.items() if k != "problems"}
+            result["problems"].extend(metrics["problems"])
+            if not metrics["problems"]:
+                summary.append(
+                    f"/metrics: {len(p['metric_families'])} families the dashboard reads, "
+                    f"{metrics['requests_served']} requests served"
+                )
     result["summary"] = summary + _engine_lines(report, rows, bool(p["journal"]))
     return result, _failure(result["problems"], p)
 
@@ -409,6 +467,7 @@ def main() -> None:
             },
             "plan": {"type": "dict"},
             "journal": {"type": "str"},
+            "metric_families": {"type": "list", "elements": "str", "default": list(REQUIRED_FAMILIES)},
             "journal_lines": {"type": "int", "default": 40},
             "use_proxy": {"type": "bool", "default": False},
         },

@@ -4,6 +4,7 @@
   report is parsed from the server's own log and matches a prediction made from config.json;
 - the newline model fails with a message that says the answer is only newlines;
 - an engine that refuses to start is reported with vLLM's estimated maximum model length;
+- /metrics answers with the families the dashboard and alerts read, and a missing one fails the probe;
 - check mode sends nothing; the health wait is bounded;
 - the API key appears nowhere in ansible's output.
 
@@ -111,6 +112,10 @@ class TestTinyModelPasses:
             assert got["finish_reason"] in ("stop", "length")
             assert 0 < got["completion_tokens"] <= MAX_TOKENS
             assert got["latency_s"] > 0 and got["tokens_per_s"] > 0
+        # /metrics answered, without the key, with every family the dashboard and alerts read, and
+        # counts the two requests just made.
+        assert answer["metrics"]["status"] == 200 and answer["metrics"]["missing_families"] == []
+        assert answer["metrics"]["requests_served"] >= 2
 
     def test_engine_report_is_read_from_the_servers_own_log(self, probed):
         _, _, _, answer = probed
@@ -138,9 +143,18 @@ class TestTinyModelPasses:
             f"{server.base_url}/health",
             f"{server.base_url}/v1/chat/completions",
             f"{server.base_url}/v1/completions",
+            f"{server.base_url}/metrics",
         ]
         time.sleep(1)  # let the access log flush anything that did arrive
         assert posts(server) == before
+
+    def test_a_metric_family_the_server_does_not_export_fails_the_probe_naming_it(self, probed):
+        server, _, _, _ = probed
+        families = ["vllm:num_requests_running", "vllm:gpu_cache_usage_perc"]  # the second: an older vLLM's name
+        result, answer = probe(server, endpoints=["chat"], metric_families=families)
+        assert result.returncode != 0
+        assert answer["metrics"]["missing_families"] == ["vllm:gpu_cache_usage_perc"]
+        assert "/metrics lacks vllm:gpu_cache_usage_perc" in answer["msg"]
 
     def test_a_wrong_key_is_refused_and_named(self, probed):
         server, _, _, _ = probed

@@ -13,6 +13,9 @@
    is deployed;
 6. v4 in batches of two: host 2 loses its network mid-change; no further batch starts, host 3 is
    untouched; the next run converges.
+Between 1 and 2, the fleet is watched (issue 16): a real Prometheus scrapes the three servers
+through the target files site.yml wrote, and status.yml reports them; the target files then follow
+each later run.
 Figures (round counts, durations) are printed for the closing note and docs/rollout.md.
 """
 
@@ -28,11 +31,13 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes, layout
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes, layout, monitoring
 
 from tests.hosts import testhosts
 from tests.integration import ansible_run
+from tests.support import prometheus
 from tests.support.hub import StandInHub, publish_tiny_model
+from tests.unit import test_monitoring_files as shipped
 
 pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
 
@@ -120,13 +125,18 @@ class Fleet:
         self.hub = hub
         self.tmp = tmp
         self.outputs: list[str] = []
+        # Where deploy.yml writes the Prometheus targets (the controller is the monitoring host).
+        self.targets = tmp / "prometheus-targets"
+
+    def host(self, name: str):
+        return next(h for h in self.hosts if h.name == name)
 
     def commit(self, tag: str) -> str:
         """The commit a tag names: what site.yml resolves it to, and the directory the unit serves."""
         return self.hub.commit(TINY, tag)
 
     def play(self, playbook: str, *args: str, revision: str | None = None, serial=None):
-        extra: dict = {}
+        extra: dict = {"vllm_monitoring_targets_dir": str(self.targets)}
         if revision is not None:
             extra["vllm_models"] = [tiny(revision)]
         if serial is not None:
@@ -137,7 +147,7 @@ class Fleet:
             "VLLM_FLEET_API_KEY": API_KEY,
             "VLLM_FLEET_SUMMARY_JSON": str(summary),
         }
-        args = ("-e", json.dumps(extra), *args) if extra else args
+        args = ("-e", json.dumps(extra), *args)
         started = time.monotonic()
         result = ansible_run.playbook("-i", "inventories/local", playbook, *args, env=env, timeout=1800)
         result.seconds = time.monotonic() - started
@@ -236,6 +246,92 @@ def test_first_deployment_is_kept_as_the_last_good_state(fleet, converged):
     } | {f"ok: [{n}]" for n in seeded}
 
 
+def target_labels(fleet) -> dict[str, dict]:
+    """host -> the labels of its one target, from the files deploy.yml wrote."""
+    found = {}
+    for path in sorted(fleet.targets.glob("*.json")):
+        (entry,) = json.loads(path.read_text())
+        assert entry["targets"] == [f"{fleet.host(path.stem).address}:8000"]
+        found[path.stem] = entry["labels"]
+    return found
+
+
+def test_a_real_prometheus_scrapes_every_model_through_the_targets_site_yml_wrote(fleet, converged, tmp_path):
+    if not prometheus.binary():
+        reason = "prometheus not found: run `make deps` (Debian package prometheus)"
+        print(reason)
+        if os.environ.get("VLLM_FLEET_REQUIRE_HOSTS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    names = {h.name for h in fleet.hosts}
+    labels = target_labels(fleet)
+    assert set(labels) == names
+    for host in fleet.hosts:
+        assert labels[host.name] == {
+            "host": host.name,
+            "model": "tiny",
+            "unit": "vllm-tiny.service",
+            "repo": TINY,
+            "revision": fleet.commit("v1"),
+            "revision_name": "v1",
+            "vllm_version": layout.VLLM_VERSION,
+            "gpus": "cpu",
+        }
+    with prometheus.Prometheus(tmp_path, fleet.targets) as prom:
+        # Both shipped jobs: /metrics, and /health (200 with an empty body is a scrape with no samples).
+        for job in ("vllm-fleet", "vllm-fleet-health"):
+            up = prom.wait_for(f'up{{job="{job}"}}', lambda r: len(r) == 3 and all(x["value"] == 1 for x in r))
+            assert {r["metric"]["host"] for r in up} == names
+            assert {r["metric"]["revision"] for r in up} == {fleet.commit("v1")}
+        served = 'sum by (host) (vllm:request_success_total{job="vllm-fleet"})'
+        before = {r["metric"]["host"]: r["value"] for r in prom.wait_for(served, lambda r: len(r) == 3)}
+        assert all(v >= 1 for v in before.values()), before  # the probe's requests
+        for host in fleet.hosts:
+            for _ in range(3):
+                assert chat(host, max_tokens=4)[0] == 200
+        after = prom.wait_for(served, lambda r: all(x["value"] >= before[x["metric"]["host"]] + 3 for x in r))
+        print(f"\n[observability] requests served before/after 3 chats a host: {before} -> "
+              f"{ {r['metric']['host']: r['value'] for r in after} }")  # fmt: skip
+        # The shipped alert rules load, evaluate without error, and none fires on a healthy fleet.
+        rules = prom.wait_for_rules(lambda rules: rules and all(r["health"] == "ok" for r in rules))
+        assert {r["name"] for r in rules} == shipped.ALERT_NAMES
+        assert [a for a in prom.api("alerts")["alerts"] if a["state"] == "firing"] == []
+    # Every name the dashboard and the alerts read is one these real servers export.
+    live = {name for name, _labels, _v in monitoring.Metrics(metrics_text(fleet.hosts[0])).samples} | {"up"}
+    exprs = [r["expr"] for r in shipped.alert_rules()] + shipped.dashboard_exprs() + shipped.variable_queries()
+    used = {name for expr in exprs for name in shipped.METRIC_NAME.findall(expr)}
+    assert sorted(used - live) == []
+
+
+def test_status_reports_every_model_of_the_fleet_and_changes_nothing(fleet, converged, tmp_path):
+    before = {h.name: unit_state(h) for h in fleet.hosts}
+    out = tmp_path / "status.json"
+    started = time.monotonic()
+    env = {"VLLM_FLEET_STATUS_JSON": str(out)}
+    result = ansible_run.playbook("-i", "inventories/local", "playbooks/status.yml", env=env)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.output[-4000:]
+    table = result.output[result.output.index("VLLM-FLEET STATUS") :].split("\n\n", 1)[0]
+    print(f"\n[observability] status.yml on 3 hosts: {seconds:.1f} s\n{table}")
+    assert set(result.changed().values()) == {0}
+    rows = {row["host"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {h.name for h in fleet.hosts}
+    for host in fleet.hosts:
+        row = rows[host.name]
+        assert row["problems"] == [], row
+        assert (row["model"], row["state"], row["repo"]) == ("tiny", "active/running", TINY)
+        assert row["revision"] == fleet.commit("v1")
+        assert row["vllm_version"] == layout.VLLM_VERSION
+        assert row["uptime_s"] > 0 and row["restarts"] == 0
+        assert row["requests_served"] >= 2  # at least the probe's chat and completion
+        assert (row["requests_running"], row["requests_waiting"]) == (0, 0)
+        assert 0 <= row["kv_cache_usage"] <= 1
+        assert row["probe_latency_s"] > 0
+        line = next(line for line in table.splitlines() if line.startswith(host.name))
+        assert line.split()[:4] == [host.name, "tiny", "active/running", fleet.commit("v1")[:12]]
+    assert {h.name: unit_state(h) for h in fleet.hosts} == before
+
+
 def test_a_good_change_rolls_through_in_batches_while_clients_are_served(fleet, converged):
     before = {h.name: unit_state(h) for h in fleet.hosts}
     with Clients(fleet.hosts) as clients:
@@ -277,6 +373,10 @@ def test_a_good_change_rolls_through_in_batches_while_clients_are_served(fleet, 
         previous = json.loads(testhosts.ssh(host, f"cat {STATE}/previous/record.json").stdout)
         assert previous["model"]["revision"] == fleet.commit("v1")
         testhosts.ssh(host, f"test -f /var/lib/vllm-fleet/models/{TINY}/{fleet.commit('v1')}/.vllm-fleet-manifest.json")
+    # The scrape targets name what each host serves now.
+    assert {h: labels["revision"] for h, labels in target_labels(fleet).items()} == dict.fromkeys(
+        (h.name for h in fleet.hosts), fleet.commit("v2")
+    )
 
 
 def test_a_bad_change_stops_at_the_canary_which_is_rolled_back(fleet, converged):
@@ -306,6 +406,8 @@ def test_a_bad_change_stops_at_the_canary_which_is_rolled_back(fleet, converged)
     # The canary's record of its last full run is gone (that run failed): its next run is a full one.
     records = {h.name: testhosts.ssh(h, f"test -f {CONVERGED}", check=False).returncode for h in fleet.hosts}
     assert records == {canary.name: 1, **{h.name: 0 for h in others}}
+    # The stopped rollout ended before the targets play: every target still names v2, as served.
+    assert {labels["revision"] for labels in target_labels(fleet).values()} == {fleet.commit("v2")}
 
 
 def test_rollback_playbook_goes_one_step_back_without_downloads(fleet, converged):
@@ -328,6 +430,9 @@ def test_rollback_playbook_goes_one_step_back_without_downloads(fleet, converged
     current = json.loads(testhosts.ssh(canary, f"cat {STATE}/current/record.json").stdout)
     previous = json.loads(testhosts.ssh(canary, f"cat {STATE}/previous/record.json").stdout)
     assert (current["model"]["revision"], previous["model"]["revision"]) == (fleet.commit("v1"), fleet.commit("v2"))
+    # The canary's scrape target names what it serves again; the others' files were not rewritten.
+    revisions = {h: labels["revision"] for h, labels in target_labels(fleet).items()}
+    assert revisions == {canary.name: fleet.commit("v1"), **{h.name: fleet.commit("v2") for h in fleet.hosts[1:]}}
 
 
 def test_back_to_v2_only_the_rolled_back_host_runs_the_roles(fleet, converged):
@@ -348,6 +453,7 @@ def test_back_to_v2_only_the_rolled_back_host_runs_the_roles(fleet, converged):
     assert changed[canary.name] > 0 and all(changed[h.name] == 0 for h in others), changed
     assert {h.name: unit_state(h) for h in others} == before
     assert served_revision(canary) == fleet.commit("v2")
+    assert {labels["revision"] for labels in target_labels(fleet).values()} == {fleet.commit("v2")}
 
 
 def test_a_host_that_stops_answering_mid_batch_stops_the_rollout_and_the_next_run_converges(fleet, converged):
@@ -391,6 +497,10 @@ def test_a_host_that_stops_answering_mid_batch_stops_the_rollout_and_the_next_ru
     assert rows[canary.name]["result"] == "updated", rows
     assert result.summary["unreachable"].keys() == {lost.name}, result.summary
     assert re.search(rf"{lost.name}\s+-\s+unreachable\s+stopped answering in '", result.output), result.output[-3000:]
+    # The scrape targets say what each host serves: the canary v4; the lost host and the one whose
+    # batch never started keep v2 (the play after the rollout writes only hosts that finished).
+    revisions = {h: labels["revision"] for h, labels in target_labels(fleet).items()}
+    assert revisions == {canary.name: v4, lost.name: fleet.commit("v2"), last.name: fleet.commit("v2")}
 
     # Its network back, the next run converges: the lost host and the one never reached get v4,
     # the canary takes the fast path.
@@ -404,6 +514,12 @@ def test_a_host_that_stops_answering_mid_batch_stops_the_rollout_and_the_next_ru
         assert served_revision(host) == v4
         status, _text = chat(host)
         assert status == 200
+    assert {labels["revision"] for labels in target_labels(fleet).values()} == {v4}
+
+
+def metrics_text(host) -> str:
+    with urllib.request.urlopen(f"http://{host.address}:8000/metrics", timeout=30) as resp:
+        return resp.read().decode()
 
 
 def chat(host, max_tokens: int = 8, timeout_s: float = 60) -> tuple[int, str]:

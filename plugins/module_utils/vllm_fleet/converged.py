@@ -32,8 +32,9 @@ _SKIPPED_PARTS = ("__pycache__", ".pytest_cache", ".ruff_cache")
 
 # Variables that are not inputs of the hosts' state: run-time results (of the preflight play, and what
 # the other roles tell the rollout role during a run), and the knobs of the rollout itself (batch sizes,
-# the fast path switch).
-NOT_INPUTS_PREFIXES = ("vllm_preflight_",)
+# the fast path switch). The monitoring role's variables say where the controller or a monitoring
+# host keeps scrape targets, nothing a fleet host runs.
+NOT_INPUTS_PREFIXES = ("vllm_preflight_", "vllm_monitoring_")
 NOT_INPUTS = frozenset(
     {
         "vllm_rollout_fast_path",
