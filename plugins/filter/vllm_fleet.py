@@ -125,7 +125,7 @@ def vllm_rollout_converged_state(deployed, models, unit_dir, env_dir, state_dir,
     )
 
 
-def vllm_scrape_targets(models, host, address, vllm_version, device):
+def vllm_scrape_entries(models, host, address, vllm_version, device):
     """A host's Prometheus file_sd entries: one target per present model (monitoring.scrape_targets).
     `models` as the inventory writes them; a model's own vllm_version (served_models) is kept."""
     items = list(models or [])
@@ -142,17 +142,6 @@ def vllm_scrape_targets(models, host, address, vllm_version, device):
 def vllm_served_models(kept_records, restore_results):
     """The models a host serves after rollback.yml (monitoring.served_models)."""
     return monitoring.served_models(dict(kept_records or {}), list(restore_results or []))
-
-
-def vllm_stale_target_files(found_results, inventory_hosts):
-    """From a looped `find` over the monitoring hosts: [{monitoring_host, path}] of each target file
-    whose fleet host is no longer in the inventory."""
-    stale = []
-    for result in found_results or []:
-        files = {f["path"].rsplit("/", 1)[-1]: f["path"] for f in result.get("files") or []}
-        for name in monitoring.stale_target_files(sorted(files), [str(h) for h in inventory_hosts or []]):
-            stale.append({"monitoring_host": result.get("item"), "path": files[name]})
-    return stale
 
 
 class FilterModule:
@@ -174,7 +163,6 @@ class FilterModule:
             "vllm_rollout_rows_restored": vllm_rollout_rows_restored,
             "vllm_rollout_rows_converged": vllm_rollout_rows_converged,
             "vllm_rollout_converged_state": vllm_rollout_converged_state,
-            "vllm_scrape_targets": vllm_scrape_targets,
-            "vllm_stale_target_files": vllm_stale_target_files,
+            "vllm_scrape_entries": vllm_scrape_entries,
             "vllm_served_models": vllm_served_models,
         }

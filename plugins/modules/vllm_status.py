@@ -22,13 +22,13 @@ options:
     elements: dict
     required: true
   unit_dir:
-    description: Where the units are.
+    description: Where the units are (the layout lookup's C(unit_dir)).
     type: path
-    default: /etc/systemd/system
+    required: true
   report_dir:
-    description: Where the vllm_probe role keeps C(<model>.probe.json).
+    description: Where the vllm_probe role keeps C(<model>.probe.json) (the layout lookup's C(report_dir)).
     type: path
-    default: /var/lib/vllm-fleet/reports
+    required: true
   timeout:
     description: Seconds for each HTTP request to a server.
     type: int
@@ -45,6 +45,8 @@ EXAMPLES = r"""
 - name: Read what each model is doing
   vllm_fleet.fleet.vllm_status:
     models: "{{ vllm_models | vllm_fleet.fleet.vllm_models_normalized }}"
+    unit_dir: "{{ lookup('vllm_fleet.fleet.layout', 'unit_dir') }}"
+    report_dir: "{{ lookup('vllm_fleet.fleet.layout', 'report_dir') }}"
   register: status
 """
 
@@ -171,8 +173,8 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "models": {"type": "list", "elements": "dict", "required": True},
-            "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
-            "report_dir": {"type": "path", "default": "/var/lib/vllm-fleet/reports"},
+            "unit_dir": {"type": "path", "required": True},
+            "report_dir": {"type": "path", "required": True},
             "timeout": {"type": "int", "default": 5},
         },
         supports_check_mode=True,

@@ -7,7 +7,9 @@ from real vLLM servers is tests/integration/test_rollout.py's."""
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 import yaml
 
 from tests.integration import ansible_run
@@ -50,8 +52,10 @@ def test_each_host_gets_its_file_beside_the_inventory_and_a_rerun_changes_nothin
     (targets / "retired-host.json").write_text("[]\n")  # a host the inventory no longer has
     (targets / "README.txt").write_text("not ours\n")
 
-    first = play(inv)
+    first = play(inv, "-vvv")
     assert sorted(p.name for p in targets.iterdir()) == ["README.txt", "h1.json", "h2.json"]
+    # On the controller the action plugin wrote them in Ansible's own process: no module was sent.
+    assert "AnsiballZ_vllm_scrape_targets" not in first.output
     h1 = read(targets / "h1.json")
     assert [e["targets"] for e in h1] == [["10.9.0.1:8001"], ["10.9.0.1:8000"]]
     assert h1[1]["labels"] == {
@@ -88,22 +92,31 @@ def test_a_removed_model_leaves_its_hosts_file_and_check_mode_writes_nothing(tmp
     assert [e["labels"]["model"] for e in read(targets / "h2.json")] == ["tiny"]
 
 
+# A monitoring host with become: the module runs there (on the controller without become, the
+# action plugin writes in-process); `su` from root to root needs no password.
+MONITORING_HOST = {"mon1": {"ansible_connection": "local", "ansible_become": True, "ansible_become_method": "su"}}
+
+
 def test_a_limited_run_keeps_the_other_hosts_files_and_monitoring_hosts_get_them(tmp_path):
+    if os.geteuid() != 0:
+        print("skipped: becoming root with su needs root")
+        pytest.skip("becoming root with su needs root (CI runs as root)")
     mon_dir = tmp_path / "prometheus-file-sd"
     inv = inventory(
         tmp_path,
         {"h1": [tiny("tiny", 8000)], "h2": [tiny("tiny", 8000)]},
-        monitoring={"mon1": {"ansible_connection": "local"}},
+        monitoring=MONITORING_HOST,
     )
-    first = play(inv, "-e", f"vllm_monitoring_targets_dir={mon_dir}")
+    first = play(inv, "-e", f"vllm_monitoring_targets_dir={mon_dir}", "-vvv")
     assert set(first.recap()) == {"h1", "h2"}  # a monitoring host is written on, never a fleet host
+    assert "AnsiballZ_vllm_scrape_targets" in first.output  # the module ran there
     assert sorted(p.name for p in mon_dir.iterdir()) == ["h1.json", "h2.json"]
     assert not (inv / ".vllm-prometheus-targets").exists()  # a monitoring group replaces the controller
 
     inv = inventory(
         tmp_path,
         {"h1": [tiny("tiny", 8005)], "h2": [tiny("tiny", 8000)]},
-        monitoring={"mon1": {"ansible_connection": "local"}},
+        monitoring=MONITORING_HOST,
     )
     play(inv, "-l", "h1", "-e", f"vllm_monitoring_targets_dir={mon_dir}")
     assert sorted(p.name for p in mon_dir.iterdir()) == ["h1.json", "h2.json"]

@@ -295,6 +295,14 @@ def test_a_real_prometheus_scrapes_every_model_through_the_targets_site_yml_wrot
         # The shipped alert rules load, evaluate without error, and none fires on a healthy fleet.
         rules = prom.wait_for_rules(lambda rules: rules and all(r["health"] == "ok" for r in rules))
         assert {r["name"] for r in rules} == shipped.ALERT_NAMES
+        # Every panel's query answers on these real series (Grafana's variables as "all", its rate
+        # interval as one minute); all but the 5xx panel (no server failed) find series.
+        empty = []
+        for expr in shipped.dashboard_exprs():
+            query = expr.replace("$host", ".*").replace("$model", ".*").replace("$__rate_interval", "1m")
+            if not prom.query(query) and 'status="5xx"' not in expr:
+                empty.append(query)
+        assert empty == [], empty
         assert [a for a in prom.api("alerts")["alerts"] if a["state"] == "firing"] == []
     # Every name the dashboard and the alerts read is one these real servers export.
     live = {name for name, _labels, _v in monitoring.Metrics(metrics_text(fleet.hosts[0])).samples} | {"up"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_fleet import vllm_scrape_targets
+from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_fleet import vllm_scrape_entries
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import inventory, monitoring
 
 METRICS = (Path(__file__).parents[1] / "data/probe/vllm-0.32.0-cpu-metrics.txt").read_text()
@@ -127,7 +127,7 @@ def test_after_a_rollback_a_host_serves_the_records_put_back_and_the_current_one
         ("b", "c5", "0.32.0"),
     ]
     # The model's own release is its label (the role's filter keeps it through normalization).
-    targets = vllm_scrape_targets(served, "vf1", "10.0.0.1", "0.32.0", "cpu")
+    targets = vllm_scrape_entries(served, "vf1", "10.0.0.1", "0.32.0", "cpu")
     assert [t["labels"]["vllm_version"] for t in targets] == ["0.31.0", "0.32.0"]
 
 
