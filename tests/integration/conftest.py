@@ -66,7 +66,7 @@ class EnvSeed:
     cold deploy), or, when no test offered one (a file run alone), built by that role on a host
     of its own."""
 
-    BUILDER_INDEX = 10  # vf1-vf4: integration tests and the demo, vf5-vf9: molecule
+    BUILDER_INDEX = 10  # vf1-vf4: integration tests and the demo, vf5-vf9 and vf11: molecule
 
     def __init__(self, dest: Path):
         self.dest = dest

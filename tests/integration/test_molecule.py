@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SCENARIOS = ["vllm_runtime", "model_weights", "vllm_service", "vllm_probe", "vllm_rollout"]
+SCENARIOS = ["vllm_runtime", "model_weights", "vllm_service", "vllm_probe", "vllm_rollout", "vllm_monitoring"]
 # Scenarios whose host boots with the session's proven vLLM environment (their platform says
 # `seed: true`): their role is not the one that builds it. vllm_runtime's host stays bare; vllm_rollout's
 # prepare makes its environments by hand.
