@@ -91,6 +91,8 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_unreachable(self, result) -> None:
         self.unreachable.setdefault(result._host.get_name(), result._task.get_name())
+        if result._task.action in STATUS_MODULES:
+            self.status_seen = True  # a fleet none of whose hosts answered still gets its table
 
     def v2_playbook_on_stats(self, stats) -> None:
         if self.status_seen:

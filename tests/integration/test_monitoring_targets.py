@@ -121,3 +121,25 @@ def test_a_limited_run_keeps_the_other_hosts_files_and_monitoring_hosts_get_them
     play(inv, "-l", "h1", "-e", f"vllm_monitoring_targets_dir={mon_dir}")
     assert sorted(p.name for p in mon_dir.iterdir()) == ["h1.json", "h2.json"]
     assert read(mon_dir / "h1.json")[0]["targets"] == ["10.9.0.1:8005"]
+
+
+def test_status_names_a_host_that_does_not_answer_and_a_model_without_its_unit(tmp_path):
+    # status.yml against an inventory whose one host has no such unit (this controller, a local
+    # connection) and one that does not answer (a closed port): both are in the table, with why.
+    doc = {"all": {"vars": {"ansible_python_interpreter": ansible_run.sys.executable}, "hosts": {
+        "here": {"ansible_connection": "local", "vllm_models": [tiny("nounit", 8431)]},
+        "gone": {"ansible_host": "127.0.0.1", "ansible_port": 1, "vllm_models": [tiny("tiny", 8000)]},
+    }}}  # fmt: skip
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "status.json"
+    result = ansible_run.playbook(
+        "-i", str(tmp_path / "hosts.yml"), "playbooks/status.yml", env={"VLLM_FLEET_STATUS_JSON": str(out)}
+    )  # fmt: skip
+    assert result.returncode != 0  # an unreachable host fails the run
+    table = result.output[result.output.index("VLLM-FLEET STATUS") :]
+    assert "gone: unreachable (in: Read each model's unit, /version, /metrics and last probe)" in table
+    status = json.loads(out.read_text())
+    (row,) = status["rows"]
+    assert (row["host"], row["model"], row["state"]) == ("here", "nounit", "missing")
+    assert row["problems"] == ["no unit vllm-nounit.service on the host (deploy it: site.yml)"]
+    assert list(status["unreachable"]) == ["gone"]
