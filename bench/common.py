@@ -270,10 +270,25 @@ def _quote(script: str) -> str:
 # ------------------------------------------------------------------ the stand-in hub
 
 
+@dataclass
+class SharedHub:
+    """The hub an attached fleet was deployed from, run by another process."""
+
+    url: str
+
+
 @contextlib.contextmanager
 def hub_for(fleet: Fleet, tiny: bool = True) -> Iterator[StandInHub]:
     """The stand-in hub on the first host's veth address (every host and the controller reach it),
-    serving the tiny model unless told otherwise; its root is removed on exit."""
+    serving the tiny model unless told otherwise; its root is removed on exit.
+
+    An attached fleet keeps the hub it was deployed from (run_all.py passes its URL in
+    VLLM_FLEET_HUB_URL): another hub's URL would be another input (vllm_hub_endpoint), and every
+    host's first "no-op" re-run a full one."""
+    shared_url = os.environ.get("VLLM_FLEET_HUB_URL")
+    if fleet.attached and shared_url:
+        yield SharedHub(shared_url)
+        return
     root = Path(tempfile.mkdtemp(prefix="vf-bench-hub-"))
     try:
         if tiny:

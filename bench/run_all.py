@@ -96,6 +96,8 @@ def main() -> int:
             try:
                 with Fleet(3, label="shared") as fleet, hub_for(fleet) as hub, Ansible() as ansible:
                     deployed = converge(fleet, ansible, {"VLLM_FLEET_HUB_URL": hub.url})
+                    # The benchmarks on this fleet use this hub (common.hub_for): the same inputs.
+                    os.environ["VLLM_FLEET_HUB_URL"] = hub.url
                     about["shared_fleet_cold_deploy_s"] = round(deployed.wall_s, 1)
                     about["shared_fleet_cold_deploy_by_role"] = by_role([deployed.profile])
                     for name in [n for n in wanted if n in SHARED]:
@@ -104,6 +106,8 @@ def main() -> int:
                 log(f"shared fleet failed: {exc}")
                 for name in [n for n in wanted if n in SHARED and n not in results]:
                     results[name] = {"bench": name, "rows": [], "error": f"shared fleet: {str(exc)[:200]}"}
+            finally:
+                os.environ.pop("VLLM_FLEET_HUB_URL", None)
         if "cold" in wanted:
             run_one("cold", work, None, results)
     about["total_s"] = round(time.monotonic() - started, 1)

@@ -57,19 +57,19 @@ rows:
   type: list
   elements: dict
   contains:
-    model: {description: The model's name (its unit is vllm-NAME.service)., type: str}
+    model: {description: "The model's name (its unit is vllm-NAME.service).", type: str}
     state: {description: "ActiveState/SubState of the unit (active/running); missing without a unit.", type: str}
-    repo: {description: The repo its unit serves (from the unit's Description)., type: str}
-    revision: {description: The commit its unit serves., type: str}
+    repo: {description: "The repo its unit serves (from the unit's Description).", type: str}
+    revision: {description: "The commit its unit serves.", type: str}
     vllm_version: {description: "What the server's /version says; None when it does not answer.", type: str}
-    uptime_s: {description: Seconds since the unit last became active., type: float}
-    restarts: {description: Restarts systemd made (NRestarts)., type: int}
-    requests_served: {description: Requests finished since the server started (vllm request_success_total)., type: int}
-    requests_running: {description: Requests being served now., type: int}
-    requests_waiting: {description: Requests queued., type: int}
-    kv_cache_usage: {description: KV-cache usage, 0 to 1., type: float}
-    probe_latency_s: {description: Chat latency of the last probe, when one was kept., type: float}
-    problems: {description: What could not be read, or is wrong., type: list, elements: str}
+    uptime_s: {description: "Seconds since the unit last became active.", type: float}
+    restarts: {description: "Restarts systemd made (NRestarts).", type: int}
+    requests_served: {description: "Requests finished since the server started (request_success_total).", type: int}
+    requests_running: {description: "Requests being served now.", type: int}
+    requests_waiting: {description: "Requests queued.", type: int}
+    kv_cache_usage: {description: "KV-cache usage, 0 to 1.", type: float}
+    probe_latency_s: {description: "Chat latency of the last probe, when one was kept.", type: float}
+    problems: {description: "What could not be read, or is wrong.", type: list, elements: str}
 unmanaged_units:
   description: vllm-*.service units on the host that no model of the inventory names.
   returned: always

@@ -227,7 +227,7 @@ def status_table(rows: list[dict], unreachable: dict[str, str] | None = None) ->
     cells = [_cells(row) for row in rows]
     widths = {key: max([len(title)] + [len(c[key]) for c in cells]) for key, title in STATUS_COLUMNS}
     lines = ["  ".join(title.ljust(widths[key]) for key, title in STATUS_COLUMNS).rstrip()]
-    lines += ["  ".join(c[key].ljust(widths[key]) for key, _ in STATUS_COLUMNS).rstrip() for c in cells]
+    lines += ["  ".join(c[key].ljust(widths[key]) for key, _title in STATUS_COLUMNS).rstrip() for c in cells]
     for row in rows:
         for problem in row.get("problems") or []:
             lines.append(f"{row.get('host')} {row.get('model')}: {problem}")
