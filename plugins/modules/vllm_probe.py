@@ -81,7 +81,8 @@ options:
   metric_families:
     description:
       - The metric families C(/metrics) must declare (the pinned vLLM's names the dashboard, alerts and
-        status read). An empty list, or no I(endpoints), skips C(/metrics).
+        status read). With an empty list only that C(/metrics) answers is checked (another vLLM release
+        may name its families otherwise); with no I(endpoints) C(/metrics) is not read.
     type: list
     elements: str
     default:
@@ -211,7 +212,7 @@ comparison:
   elements: dict
   sample: [{metric: "KV cache GiB", predicted: 55.1, measured: 54.3, error_pct: 1.5}]
 metrics:
-  description: What C(/metrics) answered, when the answers passed and I(metric_families) is not empty.
+  description: What C(/metrics) answered, when the answers passed and I(endpoints) is not empty.
   returned: when /metrics was read
   type: dict
   sample: {status: 200, missing_families: [], requests_served: 2}
@@ -401,7 +402,7 @@ def run(module: AnsibleModule) -> tuple[dict, str | None]:
 
     if module.check_mode:
         paths = ["/health"] + [ENDPOINTS[name][0] for name in p["endpoints"]]
-        paths += ["/metrics"] if p["metric_families"] and p["endpoints"] else []
+        paths += ["/metrics"] if p["endpoints"] else []
         result.update(healthy=None, health_wait_s=0.0, would_probe=[p["base_url"] + path for path in paths])
         result["summary"] = [f"would probe {url}" for url in result["would_probe"]]
         return result, None
@@ -424,15 +425,17 @@ def run(module: AnsibleModule) -> tuple[dict, str | None]:
             result[name] = answer
             result["problems"].extend(answer["problems"])
             summary.append(summary_line(name, answer))
-        if p["metric_families"] and p["endpoints"] and not result["problems"]:
+        if p["endpoints"] and not result["problems"]:
             metrics = probe_metrics(opener, p)
             result["metrics"] = {k: v for k, v in metrics.items() if k != "problems"}
             result["problems"].extend(metrics["problems"])
             if not metrics["problems"]:
-                summary.append(
-                    f"/metrics: {len(p['metric_families'])} families the dashboard reads, "
-                    f"{metrics['requests_served']} requests served"
+                checked = (
+                    f"{len(p['metric_families'])} families the dashboard reads"
+                    if p["metric_families"]
+                    else "families not checked"
                 )
+                summary.append(f"/metrics: {checked}, {metrics['requests_served']} requests served")
     result["summary"] = summary + _engine_lines(report, rows, bool(p["journal"]))
     return result, _failure(result["problems"], p)
 

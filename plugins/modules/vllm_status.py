@@ -132,8 +132,13 @@ def model_row(model: dict, report_dir: str, timeout: float) -> dict:
     row["state"] = f"{props.get('ActiveState')}/{props.get('SubState')}"
     row["restarts"] = int(props.get("NRestarts") or 0)
     described = DESCRIPTION.match(props.get("Description", ""))
-    row["repo"] = described.group("repo") if described else model.get("model")
+    row["repo"] = described.group("repo") if described else None
     row["revision"] = described.group("revision") if described else None
+    if not described:
+        row["problems"].append(
+            f"the unit's Description {props.get('Description', '')!r} is not vllm-fleet's "
+            "(edited by hand?): what it serves is unknown; site.yml rewrites it"
+        )
     entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
     if props.get("ActiveState") == "active" and entered:
         row["uptime_s"] = round(monotonic_now_s() - entered / 1e6, 1)

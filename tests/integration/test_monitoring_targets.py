@@ -111,7 +111,10 @@ def test_a_limited_run_keeps_the_other_hosts_files_and_monitoring_hosts_get_them
     assert set(first.recap()) == {"h1", "h2"}  # a monitoring host is written on, never a fleet host
     assert "AnsiballZ_vllm_scrape_targets" in first.output  # the module ran there
     assert sorted(p.name for p in mon_dir.iterdir()) == ["h1.json", "h2.json"]
-    assert not (inv / ".vllm-prometheus-targets").exists()  # a monitoring group replaces the controller
+    # A monitoring group replaces the controller: its task did not run.
+    controller_task = "vllm_fleet.fleet.vllm_monitoring : Write the fleet's targets on the controller"
+    assert ansible_run.task_lines(first.output, controller_task) == {"skipping: [h1]"}
+    assert not (inv / ".vllm-prometheus-targets").exists()
 
     inv = inventory(
         tmp_path,

@@ -155,6 +155,10 @@ class TestTinyModelPasses:
         assert result.returncode != 0
         assert answer["metrics"]["missing_families"] == ["vllm:gpu_cache_usage_perc"]
         assert "/metrics lacks vllm:gpu_cache_usage_perc" in answer["msg"]
+        # No families (another vLLM release than the pinned one): only that /metrics answers counts.
+        result, answer = probe(server, endpoints=["chat"], metric_families=[])
+        assert result.returncode == 0, result.output
+        assert answer["metrics"]["status"] == 200 and "/metrics: families not checked" in answer["summary"][-1]
 
     def test_a_wrong_key_is_refused_and_named(self, probed):
         server, _, _, _ = probed

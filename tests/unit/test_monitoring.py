@@ -50,8 +50,30 @@ def test_samples_sum_over_labels_and_match_on_them():
     metrics = monitoring.Metrics(text)
     assert metrics.total("vllm:request_success_total") == 8
     assert metrics.total("vllm:request_success_total", finished_reason="length") == 6
-    assert metrics.total("vllm:request_success_total", model_name='b, \\"x\\"') == 1
+    # Label values are unescaped as the text format escapes them.
+    assert metrics.total("vllm:request_success_total", model_name='b, "x"') == 1
     assert metrics.total("vllm:nothing") is None
+
+
+def test_timestamps_exemplars_braces_in_labels_and_non_finite_values():
+    text = (
+        'vllm:num_requests_running{model_name="a} # b"} 3 1700000000000\n'
+        'vllm:request_success_total{model_name="a"} 4.0 # {trace_id="abc"} 1.0 1700000000.1\n'
+        'vllm:num_requests_waiting{model_name="a"} +Inf\n'
+        'vllm:kv_cache_usage_perc{model_name="a"} NaN\n'
+        "broken line without a value\n"
+    )
+    metrics = monitoring.Metrics(text)
+    assert metrics.samples[0] == ("vllm:num_requests_running", {"model_name": "a} # b"}, 3.0)
+    assert metrics.samples[1] == ("vllm:request_success_total", {"model_name": "a"}, 4.0)
+    assert len(metrics.samples) == 4
+    # A non-finite count or usage is shown as unknown, not a crash (int(inf) raises).
+    assert monitoring.load_figures(text) == {
+        "requests_served": 4,
+        "requests_running": 3,
+        "requests_waiting": None,
+        "kv_cache_usage": None,
+    }
 
 
 def models(*items):

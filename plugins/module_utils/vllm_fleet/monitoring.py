@@ -30,10 +30,23 @@ REQUIRED_FAMILIES = (
 # error-rate alert reads its status label.
 HTTP_REQUESTS = "http_requests"
 
-# One sample line of the text exposition format: name{labels} value [timestamp]
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?$")
+# One sample line of the text exposition format: name{labels} value [timestamp] [# exemplar]; a label
+# value is quoted and may hold "}", " # " or an escaped quote.
+_SAMPLE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
+    r'(?:\{(?P<labels>(?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?'
+    r"\s+(?P<value>\S+)(?:\s+[^#\s]\S*)?(?:\s+#.*)?$"
+)
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _TYPE = re.compile(r"^#\s*TYPE\s+(\S+)\s+(\S+)")
+_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+def _unescape(value: str) -> str:
+    """A label value as the text format escapes it (backslash, double quote, newline) -> the value."""
+    return re.sub(r'\\[\\"n]', lambda m: _ESCAPES[m.group(0)], value)
+
+
 # What the text format appends to a family's name in its samples.
 _SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count", "_info")
 
@@ -56,7 +69,7 @@ class Metrics:
             match = _SAMPLE.match(line)
             if not match:
                 continue
-            labels = dict(_LABEL.findall(match.group("labels") or ""))
+            labels = {k: _unescape(v) for k, v in _LABEL.findall(match.group("labels") or "")}
             self.samples.append((match.group("name"), labels, _number(match.group("value"))))
 
     def families(self) -> set[str]:
@@ -95,16 +108,17 @@ def load_figures(text: str) -> dict:
     """What status.yml shows of a server's /metrics: requests served (finished, any reason),
     running and waiting requests, KV-cache usage (0..1). None where the server exports nothing."""
     metrics = Metrics(text)
+    kv = metrics.total("vllm:kv_cache_usage_perc")
     return {
         "requests_served": _int_or_none(metrics.total("vllm:request_success_total")),
         "requests_running": _int_or_none(metrics.total("vllm:num_requests_running")),
         "requests_waiting": _int_or_none(metrics.total("vllm:num_requests_waiting")),
-        "kv_cache_usage": metrics.total("vllm:kv_cache_usage_perc"),
+        "kv_cache_usage": kv if kv is not None and math.isfinite(kv) else None,
     }
 
 
 def _int_or_none(value: float | None) -> int | None:
-    return None if value is None or math.isnan(value) else int(value)
+    return None if value is None or not math.isfinite(value) else int(value)
 
 
 # -- scrape targets ---------------------------------------------------------------------------
