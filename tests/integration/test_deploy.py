@@ -108,7 +108,11 @@ def test_check_mode_on_bare_hosts_plans_everything_and_changes_nothing(fleet, tm
     result = fleet.play("site.yml", "--check", "-e", f"vllm_service_api_key_dir={keys}", api_key="")
     assert result.returncode == 0, result.output[-4000:]
     assert not keys.exists(), "--check made a key"
-    assert result.output.count("would probe http://") == 3 * len(fleet.hosts)
+    # Each host: its health, both OpenAI endpoints and the metrics page (issue 16), nothing sent.
+    would_probe = re.findall(r"would probe http://[^/\s]+:8000(/[^\s\"',]*)", result.output)
+    for path in ("/health", "/v1/chat/completions", "/v1/completions", "/metrics"):
+        assert would_probe.count(path) == len(fleet.hosts), (path, would_probe)
+    assert len(would_probe) == 4 * len(fleet.hosts), would_probe
     for host in fleet.hosts:
         leftovers = testhosts.ssh(
             host,
