@@ -213,6 +213,11 @@ CASES = {
         case(facts=moe(replace(AWQ, modules_not_converted=("model.layers.0.self_attn",)))),
         "safetensors headers give the real bytes",
     ),
+    "pp-layers": (
+        case(facts=qwen(layers=2), gpus=["T4", "T4"], pp=2),
+        case(facts=qwen(layers=2), gpus=["T4", "T4", "T4"], pp=3),
+        "pipeline-parallel-size 2 or less",
+    ),
     "gpus-enough": (case(gpus=["T4", "T4"], tp=2), case(gpus=["T4"], tp=2), "2 GPUs"),
     "gpus-all-used": (case(gpus=["T4"], tp=1), case(gpus=["T4", "T4"], tp=1), "tensor-parallel-size"),
     "max-model-len-supported": (

@@ -121,7 +121,8 @@ SUPPORTED_VERSIONS = ("0.26.0", "0.32.0")
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Per GPU (one tensor-parallel rank of the largest pipeline stage); bytes as GiB floats."""
+    """Per GPU: one tensor-parallel rank of the pipeline stage that limits the KV cache (every
+    stage gets that stage's blocks); ``stages`` has each stage's own budget. Bytes as GiB floats."""
 
     gpu_name: str
     total_gib: float  # what torch sees
@@ -147,6 +148,9 @@ class MemoryPlan:
     enforce_eager: bool = False
     block_size: int = 16
     vllm_version: str = DEFAULT_VLLM_VERSION
+    # One per pipeline stage: its layers [start, end), weights, activation, CUDA-graph and KV-cache
+    # GiB per GPU, and the blocks its own memory affords (vLLM gives all stages the fewest).
+    stages: list = field(default_factory=list)
 
     @property
     def max_concurrency(self) -> float:
@@ -231,9 +235,11 @@ def stage_layer_kinds(facts: ModelFacts, pp: int) -> list[tuple[int, int]]:
     return out
 
 
-def busiest_stage(facts: ModelFacts, pp: int, sparse: float, dense: float) -> float:
-    """The largest per-stage sum of a per-layer quantity that differs for sparse and dense layers."""
-    return max(s * sparse + d * dense for s, d in stage_layer_kinds(facts, pp))
+def busiest_stage(facts: ModelFacts, pp: int, sparse: float, dense: float, stage: int | None = None) -> float:
+    """The per-stage sum of a per-layer quantity that differs for sparse and dense layers: of
+    pipeline stage ``stage`` (0-based), or the largest of all stages when None."""
+    sums = [s * sparse + d * dense for s, d in stage_layer_kinds(facts, pp)]
+    return max(sums) if stage is None else sums[stage]
 
 
 def local_experts(facts: ModelFacts, ep: int) -> int:
@@ -243,9 +249,15 @@ def local_experts(facts: ModelFacts, ep: int) -> int:
 
 
 def weight_bytes_per_rank(
-    facts: ModelFacts, tp: int = 1, pp: int = 1, dtype_bytes: int = 2, expert_parallel: bool = False
+    facts: ModelFacts,
+    tp: int = 1,
+    pp: int = 1,
+    dtype_bytes: int = 2,
+    expert_parallel: bool = False,
+    stage: int | None = None,
 ) -> int:
-    """Weights on the busiest rank, from the checkpoint's shapes, scaled to its real bytes.
+    """Weights on one rank of pipeline stage ``stage`` (None: the busiest stage), from the
+    checkpoint's shapes, scaled to its real bytes.
 
     Attention and MLP layers split over tp (replicated K/V when tp > kv heads); routed experts
     split their intermediate size over tp, or, with ``expert_parallel``, the experts themselves
@@ -277,7 +289,7 @@ def weight_bytes_per_rank(
     else:
         stages[0] += embed_rank
         stages[-1] += lm_head_rank + parts.final_norm
-    est_rank = max(stages)
+    est_rank = max(stages) if stage is None else stages[stage]
     # Real checkpoint bytes (safetensors headers) correct the shape estimate where they differ.
     scale = weight_bytes(facts) / total_est if total_est else 1.0
     if facts.quant is None and dtype_bytes != ckpt_dtype_bytes:
@@ -295,12 +307,18 @@ def _cc_int(gpu) -> int:
 
 
 def kernel_repack_bytes(
-    facts: ModelFacts, gpu, tp: int = 1, pp: int = 1, dtype_bytes: int = 2, expert_parallel: bool = False
+    facts: ModelFacts,
+    gpu,
+    tp: int = 1,
+    pp: int = 1,
+    dtype_bytes: int = 2,
+    expert_parallel: bool = False,
+    stage: int | None = None,
 ) -> int:
     """Bytes the GPU's quantized kernels add to the checkpoint's on one rank: AWQ zero points of
     linear layers expanded to the act dtype on Hopper (see MACHETE_CAPABILITY), plus what the MoE
     kernels add to the experts (moe_kernel_bytes)."""
-    extra = moe_kernel_bytes(facts, gpu, tp, pp, dtype_bytes, expert_parallel)
+    extra = moe_kernel_bytes(facts, gpu, tp, pp, dtype_bytes, expert_parallel, stage)
     q = facts.quant
     if q is None or q.method != "awq" or q.zero_point is False or _cc_int(gpu) != MACHETE_CAPABILITY:
         return extra
@@ -317,7 +335,7 @@ def kernel_repack_bytes(
 
     dense = groups(attention + mlp(facts.intermediate_size))
     sparse = groups(attention + mlp(facts.shared_expert_intermediate_size))
-    return extra + int(busiest_stage(facts, pp, sparse, dense) / tp * (dtype_bytes - q.bits / 8))
+    return extra + int(busiest_stage(facts, pp, sparse, dense, stage) / tp * (dtype_bytes - q.bits / 8))
 
 
 def _lcm(a: int, b: int) -> int:
@@ -325,7 +343,13 @@ def _lcm(a: int, b: int) -> int:
 
 
 def moe_kernel_bytes(
-    facts: ModelFacts, gpu, tp: int = 1, pp: int = 1, dtype_bytes: int = 2, expert_parallel: bool = False
+    facts: ModelFacts,
+    gpu,
+    tp: int = 1,
+    pp: int = 1,
+    dtype_bytes: int = 2,
+    expert_parallel: bool = False,
+    stage: int | None = None,
 ) -> int:
     """What vLLM's Marlin MoE kernels add to the experts' checkpoint bytes on one rank.
 
@@ -342,7 +366,7 @@ def moe_kernel_bytes(
     parts = weight_parts(facts)
     width = facts.moe_intermediate_size if expert_parallel else facts.moe_intermediate_size // tp
     experts = local_experts(facts, tp) if expert_parallel else facts.num_experts
-    layers = busiest_stage(facts, pp, 1, 0)  # sparse layers on the busiest stage
+    layers = busiest_stage(facts, pp, 1, 0, stage)  # sparse layers on the stage (None: the busiest)
     h = facts.hidden_size
     if q.method in ("awq", "gptq") and q.bits == 4 and width:
         group = q.group_size if q.group_size > 0 else width
@@ -384,7 +408,14 @@ def offloaded_bytes(facts: ModelFacts, tp: int, rank_weights: int, cpu_offload_g
 
 
 def lora_bytes(
-    facts: ModelFacts, tp: int, pp: int, dtype_bytes: int, max_loras: int, rank: int, expert_parallel: bool = False
+    facts: ModelFacts,
+    tp: int,
+    pp: int,
+    dtype_bytes: int,
+    max_loras: int,
+    rank: int,
+    expert_parallel: bool = False,
+    stage: int | None = None,
 ) -> int:
     """GPU buffers --enable-lora allocates on each rank, inside vLLM's "Model loading took" figure
     (lora/layers/*.py create_lora_weights; lora_model_runner_mixin.py load_lora_model). Per
@@ -408,7 +439,7 @@ def lora_bytes(
         sparse += 3 * h + 3 * facts.shared_expert_intermediate_size / tp
     arch = architecture(facts.architecture)
     vocab = 2 * facts.vocab_size + 2 * h if arch and arch.lora_wraps_vocab else 0
-    return int((busiest_stage(facts, pp, sparse, dense) + vocab) * max_loras * rank * dtype_bytes)
+    return int((busiest_stage(facts, pp, sparse, dense, stage) + vocab) * max_loras * rank * dtype_bytes)
 
 
 def uses_v1_runner(facts: ModelFacts, vllm_version: str) -> bool:
@@ -455,8 +486,13 @@ def activation_bytes(
     return int(max(forward, sampler))
 
 
-def cuda_graph_bytes(facts: ModelFacts, pp: int, max_num_seqs: int, max_num_batched_tokens: int) -> int:
-    layers = _cdiv(facts.num_hidden_layers, pp)
+def cuda_graph_bytes(
+    facts: ModelFacts, pp: int, max_num_seqs: int, max_num_batched_tokens: int, stage: int | None = None
+) -> int:
+    """vLLM's estimate of the CUDA graphs' memory on one rank of ``stage`` (None: the stage with
+    the most layers), which scales with the layers the stage runs."""
+    parts = pp_partition(facts.num_hidden_layers, pp)
+    layers = max(parts) if stage is None else parts[stage]
     n = len(capture_sizes(max_num_seqs, max_num_batched_tokens))
     return CUDA_GRAPH_BYTES_PER_LAYER_PER_SIZE * layers * n
 
@@ -562,22 +598,54 @@ def plan_memory(
     problems: list[dict] = []
     requested = math.ceil(total * gpu_memory_utilization)
     ep = expert_parallel and facts.is_moe
-    rank_weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes, ep)
-    weights = rank_weights + kernel_repack_bytes(facts, gpu, tp, pp, dtype_bytes, ep)
-    weights -= offloaded_bytes(facts, tp, rank_weights, cpu_offload_gb)
-    weights += lora_bytes(facts, tp, pp, dtype_bytes, max_loras, max_lora_rank, ep)
-    activation = activation_bytes(
-        facts, tp, tokens, seqs, dtype_bytes, expert_parallel=ep, v1_runner=uses_v1_runner(facts, vllm_version)
-    )
     graphs_counted = not enforce_eager and version_tuple(vllm_version) >= (0, 21)
-    graphs = cuda_graph_bytes(facts, pp, seqs, tokens) if not enforce_eager else 0
-    available = requested - weights - activation - NON_TORCH_BYTES - (graphs if graphs_counted else 0)
-
-    layers = _cdiv(facts.num_hidden_layers, pp)
     kv_heads = kv_heads_per_rank(facts, tp)
     page = 2 * block_size * kv_heads * facts.head_dim * kv_dtype_bytes  # one layer, one block
+    layer_counts = pp_partition(facts.num_hidden_layers, pp)
+    if 0 in layer_counts:
+        raise ValueError(f"pp {pp} leaves a stage without layers: the model has {facts.num_hidden_layers}")
+
+    # Each pipeline stage is its own worker with its own budget: the first holds the embedding,
+    # the last lm_head and the sampler's warm-up, and each caches K/V for its own layers only.
+    # vLLM then gives every stage the blocks of the one that affords fewest
+    # (v1/core/kv_cache_utils.py get_kv_cache_configs: "the smallest among all ranks") and checks
+    # --max-model-len against each stage's own memory, so that stage decides the KV cache.
+    stages = []
+    for stage, layers in enumerate(layer_counts):
+        rank_weights = weight_bytes_per_rank(facts, tp, pp, dtype_bytes, ep, stage)
+        weights = rank_weights + kernel_repack_bytes(facts, gpu, tp, pp, dtype_bytes, ep, stage)
+        weights -= offloaded_bytes(facts, tp, rank_weights, cpu_offload_gb)
+        weights += lora_bytes(facts, tp, pp, dtype_bytes, max_loras, max_lora_rank, ep, stage)
+        activation = activation_bytes(
+            facts,
+            tp,
+            tokens,
+            seqs,
+            dtype_bytes,
+            last_stage=stage == pp - 1,
+            expert_parallel=ep,
+            v1_runner=uses_v1_runner(facts, vllm_version),
+        )
+        graphs = cuda_graph_bytes(facts, pp, seqs, tokens, stage) if not enforce_eager else 0
+        available = requested - weights - activation - NON_TORCH_BYTES - (graphs if graphs_counted else 0)
+        first = sum(layer_counts[:stage])
+        stages.append(
+            {
+                "stage": stage,
+                "layers": [first, first + layers],  # vLLM's start_layer, end_layer (get_pp_indices)
+                "weights": weights,
+                "activation": activation,
+                "graphs": graphs,
+                "available": available,
+                "num_blocks": max(int(available // (page * layers)), 0),
+            }
+        )
+    limiting = min(stages, key=lambda st: (st["num_blocks"], st["available"]))
+    heaviest = max(stages, key=lambda st: st["weights"])
+    weights, activation, graphs = limiting["weights"], limiting["activation"], limiting["graphs"]
+    available, num_blocks = limiting["available"], limiting["num_blocks"]
+    layers = limiting["layers"][1] - limiting["layers"][0]
     per_token = page * layers // block_size
-    num_blocks = max(int(available // (page * layers)), 0)
     per_req_blocks = _cdiv(mml, block_size)
     kv_tokens = int(num_blocks / per_req_blocks * mml) if per_req_blocks else 0
     fit = min(num_blocks * block_size, mml)
@@ -587,6 +655,7 @@ def plan_memory(
     where = (
         f"{_gib(total)} GiB {name}"
         + (f" (tp {tp})" if tp > 1 else "")
+        + (f" of pipeline stage {limiting['stage']} of {pp}" if pp > 1 else "")
         + f" at gpu-memory-utilization {gpu_memory_utilization}"
     )
     if mml > model_max:
@@ -613,10 +682,11 @@ def plan_memory(
         f"{_gib(NON_TORCH_BYTES)} GiB non-torch"
         + (f", {_gib(graphs)} GiB of CUDA graphs" if graphs_counted and graphs else "")
     )
-    if weights > total - CUDA_CONTEXT_BYTES:
+    if heaviest["weights"] > total - CUDA_CONTEXT_BYTES:
+        on_stage = f" (pipeline stage {heaviest['stage']} of {pp})" if pp > 1 else ""
         problems.append(
             {
-                "message": f"Weights of {_gib(weights)} GiB per GPU do not fit in the "
+                "message": f"Weights of {_gib(heaviest['weights'])} GiB per GPU{on_stage} do not fit in the "
                 f"~{_gib(total - CUDA_CONTEXT_BYTES)} GiB a {_gib(total)} GiB {name} has free "
                 "beside the CUDA context: loading fails with CUDA out of memory ('Failed to "
                 "load model - not enough GPU memory'); with a budget this small vLLM would "
@@ -693,6 +763,19 @@ def plan_memory(
         enforce_eager=enforce_eager,
         block_size=block_size,
         vllm_version=vllm_version,
+        stages=[
+            {
+                "stage": st["stage"],
+                "layers": st["layers"],
+                "weights_gib_per_gpu": _gib(st["weights"]),
+                "activation_gib": _gib(st["activation"]),
+                "cuda_graph_gib": _gib(st["graphs"]),
+                "kv_cache_gib": _gib(st["available"]),
+                "num_blocks": st["num_blocks"],
+                "limits_kv_cache": st is limiting,
+            }
+            for st in stages
+        ],
     )
 
 

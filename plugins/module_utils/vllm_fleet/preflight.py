@@ -164,7 +164,7 @@ def check(
     errors, warnings = rules.evaluate(case, vllm_version, "model")
     # The weights vLLM builds: --quantization fp8 on an unquantized checkpoint quantizes it at load.
     model_facts = quantization.loaded_facts(model_facts, translated.get("quantization"))
-    shape_ok = not any(e["rule"] in rules.TP_SPLIT_RULES for e in errors)
+    shape_ok = not any(e["rule"] in rules.SPLIT_RULES for e in errors)
     if shape_ok:
         try:
             memory = _memory(model_facts, gpus, translated, tp, pp, dtype, vllm_version)
@@ -207,6 +207,8 @@ def check(
         "vllm_version": vllm_version,
         "weights_source": model_facts.weight_bytes_source,
         "moe": _moe_summary(model_facts, tp, bool(translated.get("enable-expert-parallel"))),
+        # Per pipeline stage (pp > 1): its layers and its own budget; the one that limits the KV cache.
+        "stages": memory.stages if memory and pp > 1 else [],
     }
 
 
@@ -353,6 +355,22 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
     }
 
 
+def _stage_lines(plan: dict) -> list[str]:
+    """One line per pipeline stage: its GPUs (vLLM's rank = stage x tp + tp rank), layers, budget."""
+    stages, tp, gpus = plan.get("stages") or [], plan.get("tp") or 1, list(plan.get("gpus") or [])
+    lines = []
+    for st in stages:
+        own = gpus[st["stage"] * tp : (st["stage"] + 1) * tp]
+        first, end = st["layers"]
+        lines.append(
+            f"  stage {st['stage']}: GPUs {','.join(str(g) for g in own) or '-'}  layers {first}-{end - 1}"
+            f"  weights {st['weights_gib_per_gpu']} GiB/GPU  activations {st['activation_gib']} GiB"
+            f"  KV cache {st['kv_cache_gib']} GiB = {st['num_blocks']} blocks"
+            + ("  <- every stage gets this stage's blocks" if st["limits_kv_cache"] else "")
+        )
+    return lines
+
+
 def format_plan(plan: dict) -> str:
     """A plan as a person reads it: the verdict line, the numbers, each error with its fix."""
 
@@ -362,7 +380,8 @@ def format_plan(plan: dict) -> str:
     lines = [
         f"{plan['model']}: {plan['verdict'].upper()}",
         f"  GPUs {num(plan.get('gpu_name'))} x{len(plan.get('gpus') or [])}  tp {num(plan.get('tp'))}"
-        f"  dtype {num(plan.get('dtype'))}  quant {plan.get('quantization') or 'none'}",
+        + (f"  pp {plan['pp']}" if (plan.get("pp") or 1) > 1 else "")
+        + f"  dtype {num(plan.get('dtype'))}  quant {plan.get('quantization') or 'none'}",
         f"  weights {num(plan.get('weights_gib'), ' GiB')}/GPU"
         f"  KV cache {num(plan.get('kv_cache_gib'), ' GiB')} = {num(plan.get('kv_tokens'))} tokens"
         f"  max safe --max-model-len {num(plan.get('max_model_len_fit'))}",
@@ -375,6 +394,7 @@ def format_plan(plan: dict) -> str:
             f"{moe['sparse_layers']} layers; each GPU holds {split}: {moe['experts_per_gpu']} x "
             f"{moe['expert_width_per_gpu']} wide"
         )
+    lines += _stage_lines(plan)
     for e in plan.get("errors") or []:
         lines += [f"  ERROR [{e['rule']}] {e['message']}", f"    fix: {e['fix']}"]
     for w in plan.get("warnings") or []:

@@ -36,6 +36,8 @@ TP_CANDIDATES = (1, 2, 4, 8)
 # so the planner never suggests a tp these rows refuse. The first three are an even split, which
 # the planner's per-rank numbers assume: preflight plans no memory when one of them fails.
 TP_SPLIT_RULES = ("attention-heads-tp", "kv-heads-tp", "mlp-divisible-by-tp")
+# The rows after whose refusal no memory plan can be made: the model cannot be split at all.
+SPLIT_RULES = (*TP_SPLIT_RULES, "pp-layers")
 TP_SHAPE_RULES = (
     *TP_SPLIT_RULES,
     "row-parallel-group-alignment",
@@ -331,6 +333,11 @@ def check_column_parallel_packing(case: Case) -> list[dict]:
         for layer, n in _column_parallel_outputs(case.facts, case.tp)
         if n % q.pack_factor
     ]
+
+
+def check_pp_layers(case: Case) -> list[dict]:
+    layers = case.facts.num_hidden_layers
+    return [{"pp": case.pp, "layers": layers}] if case.pp > layers else []
 
 
 def check_gpus_enough(case: Case) -> list[dict]:
@@ -1155,6 +1162,18 @@ RULES: tuple[Rule, ...] = (
         "plan from the model directory or the hub (safetensors headers give the real bytes)",
         check_unquantized_modules,
         severity="warning",
+    ),
+    Rule(
+        "pp-layers",
+        "model",
+        "Every pipeline stage gets at least one decoder layer: pipeline-parallel-size is at most the model's layers.",
+        "vLLM splits the layers over the stages (get_pp_indices: layers // pp each, the remainder one "
+        "each to the stages before the last); with more stages than layers some stage gets none and "
+        "holds its GPUs for nothing. The planner does not model such a split.",
+        ("vllm/distributed/utils.py",),
+        "pipeline-parallel-size {pp} is more than the model's {layers} decoder layers: a stage would get none",
+        "use pipeline-parallel-size {layers} or less",
+        check_pp_layers,
     ),
     Rule(
         "gpus-enough",
