@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import (
+    cluster,
     converged,
     inventory,
     layout,
@@ -144,6 +145,11 @@ def vllm_served_models(kept_records, restore_results):
     return monitoring.served_models(dict(kept_records or {}), list(restore_results or []))
 
 
+def vllm_cluster_members(models, hostvars, play_hosts, default_vllm_version):
+    """For each cluster model in models: what each member of its cluster says (cluster.member_views)."""
+    return cluster.member_views(list(models or []), hostvars, list(play_hosts or []), str(default_vllm_version))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -165,4 +171,5 @@ class FilterModule:
             "vllm_rollout_converged_state": vllm_rollout_converged_state,
             "vllm_scrape_entries": vllm_scrape_entries,
             "vllm_served_models": vllm_served_models,
+            "vllm_cluster_members": vllm_cluster_members,
         }

@@ -95,6 +95,20 @@ options:
   hub_token:
     description: ModelScope API token for private repos.
     type: str
+  host:
+    description:
+      - The host's inventory name (C(inventory_hostname)), for its place in a model's C(cluster)
+        (docs/multinode.md).
+    type: str
+    default: ""
+  cluster_members:
+    description:
+      - For each model of the host that names a C(cluster), what every member of it says - whether
+        it is in the inventory and in the play, its vLLM release and device, its copy of the model
+        item and the GPUs the play found there (filter C(vllm_fleet.fleet.vllm_cluster_members)).
+      - Judged by the cluster rules (docs/preflight.md), and the model is planned on every member's GPUs.
+    type: dict
+    default: {}
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - vllm_fleet.fleet.module
@@ -191,6 +205,8 @@ def main():
             "fetch": {"type": "bool", "default": True},
             "hub_endpoint": {"type": "str"},
             "hub_token": {"type": "str", "no_log": True},
+            "host": {"type": "str", "default": ""},
+            "cluster_members": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -216,6 +232,8 @@ def main():
         "vllm_device": p["vllm_device"],
         "vllm_revisions": p["revisions"],
         "vllm_allow_floating_revisions": p["allow_floating_revisions"],
+        "inventory_hostname": p["host"],
+        "vllm_cluster_members": p["cluster_members"],
         # Named as the operator sets them, so a refusal names the variable to change.
         "vllm_service": {
             "vllm_service_bind_address": service["bind_address"],

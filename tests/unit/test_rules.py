@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rules
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.gpus import resolve
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.inventory import normalize_model
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import (
     ModelFacts,
     QuantFacts,
@@ -82,6 +83,29 @@ DROP = {"flag": "max-paddings", "action": "drop", "message": "--max-paddings is 
 
 # rule id -> (passing case, failing case, words the message or fix must contain)
 C1, C2 = "3f2a9c81d4e07a6b5c4d3e2f1a0b9c8d7e6f5a43", "9b1d07e6c2aa5f3e8d1c0b4a7e6f5d4c3b2a1908"
+
+# One model over two hosts, tp 2 on each (docs/multinode.md).
+BIG = {
+    "name": "big",
+    "model": "o/m",
+    "revision": C1,
+    "port": 9000,
+    "gpus": [0, 1],
+    "cluster": {"hosts": ["n1", "n2"]},
+    "flags": {"tensor-parallel-size": 2, "pipeline-parallel-size": 2},
+}
+
+
+def member(item=BIG, **over):
+    view = {"in_inventory": True, "in_play": True, "vllm_version": "0.32.0", "vllm_device": "cuda", "model": item}
+    return {**view, "gpus": None, **over}
+
+
+def cluster(host="n1", item=BIG, **members):
+    views = {"n1": member(item), "n2": member(item)}
+    views.update(members)
+    return rules.ClusterCase(host=host, model=normalize_model(item), members=views, vllm_version="0.32.0")
+
 
 CASES = {
     "dtype-bfloat16-capability": (
@@ -218,6 +242,28 @@ CASES = {
         case(facts=qwen(layers=2), gpus=["T4", "T4", "T4"], pp=3),
         "pipeline-parallel-size 2 or less",
     ),
+    "cluster-host-named": (cluster(), cluster(host="n3"), "add n3 to cluster.hosts of big"),
+    "cluster-members-known": (
+        cluster(),
+        cluster(n2={"in_inventory": False, "in_play": False}),
+        "add n2 to the inventory",
+    ),
+    "cluster-in-play": (cluster(), cluster(n2=member(in_play=False)), "run with -l n1,n2"),
+    "cluster-same-model": (
+        cluster(),
+        cluster(n2=member(dict(BIG, revision=C2))),
+        "differs in revision for big",
+    ),
+    "cluster-same-runtime": (
+        cluster(),
+        cluster(n2=member(vllm_version="0.26.0")),
+        "n2 would run big on vLLM 0.26.0 on cuda",
+    ),
+    "cluster-gpus-split": (
+        cluster(),
+        cluster(item=dict(BIG, gpus=[0])),
+        "give each of the 2 hosts the same number of GPUs",
+    ),
     "gpus-enough": (case(gpus=["T4", "T4"], tp=2), case(gpus=["T4"], tp=2), "2 GPUs"),
     "gpus-all-used": (case(gpus=["T4"], tp=1), case(gpus=["T4", "T4"], tp=1), "tensor-parallel-size"),
     "max-model-len-supported": (
@@ -338,7 +384,7 @@ def test_rule_refuses_its_bad_case_naming_the_fix(rule_id):
 @pytest.mark.parametrize("rule", rules.RULES, ids=lambda r: r.id)
 def test_every_row_says_what_why_and_where_in_vllm(rule):
     assert rule.checks and rule.why and rule.message and rule.fix
-    assert rule.scope in ("model", "host") and rule.severity in ("error", "warning")
+    assert rule.scope in ("model", "host", "cluster") and rule.severity in ("error", "warning")
     assert all(src.startswith("vllm/") for src in rule.vllm_source)
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 
 from . import revisions, systemd
+from .cluster import CLUSTER_FLAGS, ClusterError, normalize_cluster
 from .old_flags import translate
 from .serve_args import ServeArgsError, normalize
 from .versions import DEFAULT_VLLM_VERSION
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-# The service role owns these: they are not model flags.
-RESERVED_FLAGS = {"host", "port", "api-key", "model"}
+# The service role owns these: they are not model flags. A cluster's flags differ per member
+# (cluster.member_flags writes them from the model's `cluster`).
+RESERVED_FLAGS = {"host", "port", "api-key", "model", *CLUSTER_FLAGS}
 
 
 class InventoryError(ValueError):
@@ -42,8 +44,12 @@ def normalize_model(item: dict) -> dict:
     if reserved:
         raise InventoryError(
             f"model {name}: flags {reserved} are set by the service role: use the model's "
-            "'port', the host's vllm_service_bind_address and vllm_service_api_key instead"
+            "'port' and 'cluster', the host's vllm_service_bind_address and vllm_service_api_key instead"
         )
+    try:
+        cluster = normalize_cluster(name, item.get("cluster"))
+    except ClusterError as e:
+        raise InventoryError(str(e)) from e
     flags.setdefault("served-model-name", name)
     state = item.get("state", "present")
     if state not in ("present", "absent"):
@@ -70,6 +76,8 @@ def normalize_model(item: dict) -> dict:
         "env": env,
         # Plan an architecture the planner does not model without memory figures (docs/preflight.md).
         "allow_unmodeled": bool(item.get("allow_unmodeled", False)),
+        # Several hosts serving this one model (docs/multinode.md): {hosts, master_port}, or None.
+        "cluster": cluster,
     }
 
 

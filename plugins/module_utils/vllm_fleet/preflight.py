@@ -13,8 +13,9 @@ vllm_version, weights_source, moe (None for a dense model).
 
 from __future__ import annotations
 
-from . import layout, old_flags, quantization, revisions, rules
+from . import cluster, layout, old_flags, quantization, revisions, rules
 from .gpus import UnknownGPUError, has_bf16, resolve, usable_bytes
+from .inventory import InventoryError, normalize_model
 from .model_facts import DTYPE_BYTES, ModelConfigError, ModelFacts, weight_bytes
 from .planner import GIB, local_experts, plan_memory
 from .serve_args import ServeArgsError, normalize, to_argv
@@ -270,6 +271,8 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         gpus = []
         errors.append({"rule": "gpu-known", "message": str(e), "fix": "use a catalog name or a dict"})
     models = [m for m in host_vars.get("vllm_models") or [] if (m.get("state") or "present") == "present"]
+    host = str(host_vars.get("inventory_hostname") or "")
+    cluster_views = host_vars.get("vllm_cluster_members") or {}
     # Each model's revision as the play resolved it: its config is read at that commit, so the
     # verdict is about the bytes the hosts download (rule revision-pinned; revisions.py).
     resolved = revisions.lookup(host_vars.get("vllm_revisions"))
@@ -287,6 +290,16 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
             plans[-1]["repo"] = item.get("model")
             continue
         given = [gpus[i] for i in item.get("gpus") or [] if isinstance(i, int) and 0 <= i < len(gpus)]
+        indices = list(item.get("gpus") or [])
+        cluster_model = _cluster_model(item)
+        cluster_errors: list[dict] = []
+        if cluster_model:
+            members = cluster_views.get(cluster_model["name"]) or {}
+            cluster_case = rules.ClusterCase(
+                host=host, model=cluster_model, members=members, vllm_version=version, vllm_device=device
+            )
+            cluster_errors, _none = rules.evaluate(cluster_case, version, "cluster")
+            given, indices = _cluster_gpus(cluster_model, host, gpus, members)
         if device == "cpu":
             given = []
         at_commit = dict(item, revision=revision["commit"]) if revision.get("commit") else item
@@ -309,12 +322,16 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
             item.get("flags") or {},
             version,
             name=item.get("name", ""),
-            gpu_indices=list(item.get("gpus") or []),
+            gpu_indices=indices,
             allow_unmodeled=bool(item.get("allow_unmodeled")),
         )
         if device == "cpu":  # no GPU rules on a CPU host: only shapes, flags and lengths count
             plan["errors"] = [e for e in plan["errors"] if e["rule"] not in ("gpus-enough",)]
-            plan["verdict"] = "refused" if plan["errors"] else "ok"
+        plan["errors"] = cluster_errors + plan["errors"]
+        plan["verdict"] = "refused" if plan["errors"] else "ok"
+        if cluster_model:
+            hosts = cluster_model["cluster"]["hosts"]
+            plan["cluster"] = {"hosts": hosts, "head": hosts[0], "node_rank": cluster.node_rank(cluster_model, host)}
         plan["port"] = item.get("port")
         plan["repo"] = item.get("model")
         plan["revision"], plan["commit"] = revision["revision"], revision.get("commit")
@@ -353,6 +370,36 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
         "errors": errors,
         "warnings": host_warnings,
     }
+
+
+def _cluster_model(item: dict) -> dict | None:
+    """The item normalized when it names a cluster; None otherwise, or when it cannot be
+    normalized (the model rules then say what is wrong with it)."""
+    if not item.get("cluster"):
+        return None
+    try:
+        model = normalize_model(item)
+    except InventoryError:
+        return None
+    return model if model["cluster"] else None
+
+
+def _cluster_gpus(model: dict, host: str, own_gpus: list[dict], members: dict) -> tuple[list[dict], list[str]]:
+    """The GPUs a cluster gives its model, in vLLM's rank order (node 0's first), and their names
+    as host:index. A member whose GPUs the play has not found (not in the play: refused by
+    cluster-in-play) is planned as if it had this host's."""
+    given, names = [], []
+    for member in model["cluster"]["hosts"]:
+        found = own_gpus if member == host else (members.get(member) or {}).get("gpus")
+        try:
+            theirs = [resolve(g) for g in found] if found is not None and member != host else own_gpus
+        except UnknownGPUError:
+            theirs = own_gpus
+        for i in model["gpus"]:
+            if isinstance(i, int) and 0 <= i < len(theirs):
+                given.append(theirs[i])
+                names.append(f"{member}:{i}")
+    return given, names
 
 
 def _stage_lines(plan: dict) -> list[str]:

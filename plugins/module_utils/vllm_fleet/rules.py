@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 
 from . import quantization, revisions, systemd, vllm_architectures
 from .architectures import ARCHITECTURES
+from .cluster import SHARED_FIELDS, gpus_per_member
 from .gpus import cc_int, has_bf16
+from .inventory import InventoryError, normalize_model
 from .model_facts import ModelFacts, kv_heads_per_rank
 from .serve_flag_labels import LABELS, unmodeled
 from .serve_flag_spec import FLAGS
@@ -143,6 +145,18 @@ class Rule:
 
     def applies(self, version: str) -> bool:
         return in_range(version, self.since, self.until)
+
+
+@dataclass
+class ClusterCase:
+    """What a cluster-scope rule sees: one host's cluster model and every member's view of it
+    (cluster.member_views). Built by preflight.py for each model with a `cluster`."""
+
+    host: str
+    model: dict  # this host's item, normalized (inventory.normalize_model)
+    members: dict  # member -> {in_inventory, in_play, vllm_version, vllm_device, model, gpus}
+    vllm_version: str
+    vllm_device: str = "cuda"
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -338,6 +352,85 @@ def check_column_parallel_packing(case: Case) -> list[dict]:
 def check_pp_layers(case: Case) -> list[dict]:
     layers = case.facts.num_hidden_layers
     return [{"pp": case.pp, "layers": layers}] if case.pp > layers else []
+
+
+def _cluster_hosts(case: ClusterCase) -> list[str]:
+    return case.model["cluster"]["hosts"]
+
+
+def check_cluster_host_named(case: ClusterCase) -> list[dict]:
+    hosts = _cluster_hosts(case)
+    if case.host in hosts:
+        return []
+    return [{"model": case.model["name"], "host": case.host, "hosts": ", ".join(hosts)}]
+
+
+def check_cluster_members_known(case: ClusterCase) -> list[dict]:
+    return [
+        {"model": case.model["name"], "member": m}
+        for m in _cluster_hosts(case)
+        if not case.members.get(m, {}).get("in_inventory")
+    ]
+
+
+def check_cluster_in_play(case: ClusterCase) -> list[dict]:
+    hosts = _cluster_hosts(case)
+    left_out = [m for m in hosts if case.members.get(m, {}).get("in_inventory") and not case.members[m].get("in_play")]
+    if not left_out:
+        return []
+    return [{"model": case.model["name"], "left_out": ", ".join(left_out), "hosts": ",".join(hosts)}]
+
+
+def check_cluster_same_model(case: ClusterCase) -> list[dict]:
+    out = []
+    for member in _cluster_hosts(case):
+        view = case.members.get(member) or {}
+        if member == case.host or not view.get("in_inventory"):
+            continue
+        if view.get("model") is None:
+            out.append({"model": case.model["name"], "member": member, "differs": "has no such model in vllm_models"})
+            continue
+        try:
+            theirs = normalize_model(view["model"])
+        except InventoryError as e:
+            out.append({"model": case.model["name"], "member": member, "differs": f"has it wrong: {e}"})
+            continue
+        fields = [f for f in SHARED_FIELDS if theirs.get(f) != case.model.get(f)]
+        if fields:
+            out.append({"model": case.model["name"], "member": member, "differs": "differs in " + ", ".join(fields)})
+    return out
+
+
+def check_cluster_same_runtime(case: ClusterCase) -> list[dict]:
+    out = []
+    for member in _cluster_hosts(case):
+        view = case.members.get(member) or {}
+        if member == case.host or not view.get("in_inventory"):
+            continue
+        theirs = (view.get("vllm_version"), view.get("vllm_device"))
+        if theirs != (case.vllm_version, case.vllm_device):
+            out.append(
+                {
+                    "model": case.model["name"],
+                    "member": member,
+                    "theirs": f"vLLM {theirs[0]} on {theirs[1]}",
+                    "ours": f"vLLM {case.vllm_version} on {case.vllm_device}",
+                }
+            )
+    return out
+
+
+def check_cluster_gpus_split(case: ClusterCase) -> list[dict]:
+    flags = case.model["flags"]
+    tp, pp = int(flags.get("tensor-parallel-size") or 1), int(flags.get("pipeline-parallel-size") or 1)
+    nodes = len(_cluster_hosts(case))
+    per = gpus_per_member(case.model)
+    if per is None or per == 0:
+        return [{"model": case.model["name"], "tp": tp, "pp": pp, "world": tp * pp, "nodes": nodes, "given": "-"}]
+    given = len(case.model["gpus"])
+    if case.vllm_device != "cpu" and given != per:
+        return [{"model": case.model["name"], "tp": tp, "pp": pp, "world": tp * pp, "nodes": nodes, "given": given}]
+    return []
 
 
 def check_gpus_enough(case: Case) -> list[dict]:
@@ -1341,6 +1434,71 @@ RULES: tuple[Rule, ...] = (
         "pin the commit: {pin}, or let the controller reach the hub (vllm_hub_endpoint) to resolve it; "
         "or follow the branch on purpose with vllm_allow_floating_revisions: true",
         check_revision_pinned,
+    ),
+    Rule(
+        "cluster-host-named",
+        "cluster",
+        "A host that lists a cluster model is one of its cluster.hosts.",
+        "Its unit would join a cluster that does not count it: vLLM waits for exactly --nnodes nodes.",
+        ("vllm/config/parallel.py",),
+        "{host} lists {model}, whose cluster.hosts are {hosts}, without itself",
+        "add {host} to cluster.hosts of {model}, or take {model} out of its vllm_models",
+        check_cluster_host_named,
+    ),
+    Rule(
+        "cluster-members-known",
+        "cluster",
+        "Every host a cluster names is in the inventory.",
+        "A member that is not there is never set up, and the others would wait for it until vLLM's "
+        "distributed timeout.",
+        ("vllm/config/parallel.py",),
+        "the cluster of {model} names {member}, which is not in the inventory",
+        "add {member} to the inventory, or take it out of cluster.hosts of {model}",
+        check_cluster_members_known,
+    ),
+    Rule(
+        "cluster-in-play",
+        "cluster",
+        "Every member of a cluster is in the play (-l does not split a cluster).",
+        "The members run one model together: changing some of them leaves the others on another "
+        "version, and the cluster's vLLM cannot start across the two.",
+        ("vllm/v1/executor/multiproc_executor.py",),
+        "the run's --limit leaves {left_out} out, but {model} runs across {hosts}: half a cluster cannot be changed",
+        "run with -l {hosts} (or a group holding them all)",
+        check_cluster_in_play,
+    ),
+    Rule(
+        "cluster-same-model",
+        "cluster",
+        "Every member lists the same model item: repo, revision, flags, GPUs per host and cluster.",
+        "vLLM's nodes must load the same weights with the same parallel and model arguments; a "
+        "difference fails at start-up or, worse, serves a mix.",
+        ("vllm/entrypoints/cli/serve.py",),
+        "{member} {differs} for {model}",
+        "define {model} once, in the vars of a group that holds every member of its cluster",
+        check_cluster_same_model,
+    ),
+    Rule(
+        "cluster-same-runtime",
+        "cluster",
+        "Every member runs the same vLLM release on the same device.",
+        "torch.distributed across two vLLM builds is not something vLLM supports: the nodes exchange "
+        "pickled Python objects and tensors in its own layout.",
+        ("vllm/distributed/parallel_state.py",),
+        "{member} would run {model} on {theirs}, this host on {ours}",
+        "set vllm_version and vllm_device alike for every member of the cluster of {model}",
+        check_cluster_same_runtime,
+    ),
+    Rule(
+        "cluster-gpus-split",
+        "cluster",
+        "tp x pp GPUs split evenly over the cluster's hosts, and each member gives the model its share.",
+        "vLLM starts tp x pp / nnodes workers on each node (vllm/v1/executor/multiproc_executor.py); "
+        "an uneven split is refused at start-up.",
+        ("vllm/v1/executor/multiproc_executor.py",),
+        "{model}: tp {tp} x pp {pp} = {world} GPUs over {nodes} hosts; this host gives it {given}",
+        "give each of the {nodes} hosts the same number of GPUs (gpus: [...]), tp x pp in all",
+        check_cluster_gpus_split,
     ),
     Rule(
         "revision-exists",

@@ -1,0 +1,136 @@
+"""One model served by several hosts (docs/multinode.md): a model item's `cluster`, each member's
+part in it, and what every member must agree on before any of them changes.
+
+vLLM runs one model over several nodes with its own multiprocessing executor (the `mp` backend:
+`--nnodes N --node-rank R --master-addr HEAD --master-port P`; every node but the first runs
+`--headless`, without an API server). Node R runs the ranks R x (tp x pp / N) onwards, and rank r
+is pipeline stage r // tp, so the hosts' order in `cluster.hosts` is the pipeline's order: the
+first is the head, which holds stage 0 and answers the OpenAI API. Ray is not used: vLLM's CPU
+platform refuses it ("current platform cpu does not support ray", v1/executor/ray_utils.py), and
+the mp backend needs nothing beyond vLLM on GPUs either (vllm/config/parallel.py: nnodes > 1 only
+with mp, uni or external_launcher).
+
+The same item, in every member's `vllm_models` (a group's vars), describes the whole cluster; this
+module never reads the inventory itself: callers hand it each member's view (``member_views``).
+"""
+
+from __future__ import annotations
+
+# vLLM's own default for --master-port (vllm/engine/arg_utils.py): where node 0's torch.distributed
+# store listens for the other nodes.
+DEFAULT_MASTER_PORT = 29501
+
+# The flags a cluster's units get from this module (argv_for): a model's own flags may not set
+# them (inventory.RESERVED_FLAGS), since each member needs its own value.
+CLUSTER_FLAGS = ("distributed-executor-backend", "nnodes", "node-rank", "master-addr", "master-port", "headless")
+
+# What every member's copy of the model item must share: the same weights, flags and GPUs per host.
+SHARED_FIELDS = ("model", "revision", "flags", "gpus", "cluster", "state")
+
+
+class ClusterError(ValueError):
+    pass
+
+
+def normalize_cluster(name: str, raw) -> dict | None:
+    """A model item's `cluster` with defaults filled: {hosts: [head, worker...], master_port}."""
+    if raw in (None, {}, ""):
+        return None
+    if not isinstance(raw, dict):
+        raise ClusterError(f"model {name}: cluster must be a dict (hosts: [head, worker, ...]), not {raw!r}")
+    unknown = sorted(set(raw) - {"hosts", "master_port"})
+    if unknown:
+        raise ClusterError(f"model {name}: cluster has unknown keys {unknown}: it takes hosts and master_port")
+    hosts = raw.get("hosts")
+    if not isinstance(hosts, list) or len(hosts) < 2 or not all(isinstance(h, str) and h for h in hosts):
+        raise ClusterError(
+            f"model {name}: cluster.hosts must list two or more inventory hostnames, the head first, got {hosts!r}"
+        )
+    doubled = sorted({h for h in hosts if hosts.count(h) > 1})
+    if doubled:
+        raise ClusterError(f"model {name}: cluster.hosts names {doubled} twice")
+    port = raw.get("master_port", DEFAULT_MASTER_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ClusterError(f"model {name}: cluster.master_port must be a port number, got {port!r}")
+    return {"hosts": list(hosts), "master_port": port}
+
+
+def node_rank(model: dict, host: str) -> int | None:
+    """The host's place in the model's cluster (0: the head), None when it is not a member."""
+    cluster = model.get("cluster")
+    if not cluster or host not in cluster["hosts"]:
+        return None
+    return cluster["hosts"].index(host)
+
+
+def is_head(model: dict, host: str) -> bool:
+    """Whether ``host`` answers the model's API: a single-host model's host, or a cluster's head."""
+    return not model.get("cluster") or node_rank(model, host) == 0
+
+
+def member_flags(model: dict, host: str, addresses: dict) -> tuple[dict, dict]:
+    """(flags, environment) the host's unit adds for its part in the cluster; ({}, {}) for a
+    single-host model. ``addresses``: each member's address on the network the members share."""
+    cluster = model.get("cluster")
+    if not cluster:
+        return {}, {}
+    rank = node_rank(model, host)
+    if rank is None:
+        raise ClusterError(f"model {model['name']}: {host} is not one of cluster.hosts {cluster['hosts']}")
+    head = cluster["hosts"][0]
+    flags = {
+        "distributed-executor-backend": "mp",
+        "nnodes": len(cluster["hosts"]),
+        "node-rank": rank,
+        "master-addr": addresses[head],
+        "master-port": cluster["master_port"],
+    }
+    if rank:
+        flags["headless"] = True
+    # vLLM binds its control sockets to VLLM_HOST_IP and tells the other nodes that address; unset,
+    # it guesses from the default route (vllm/utils/network_utils.py get_ip), which need not be
+    # the members' network.
+    return flags, {"VLLM_HOST_IP": addresses[host]}
+
+
+def gpus_per_member(model: dict) -> int | None:
+    """GPUs each member gives the model: tp x pp spread evenly over the hosts (None when uneven)."""
+    flags, cluster = model.get("flags") or {}, model.get("cluster")
+    world = int(flags.get("tensor-parallel-size") or 1) * int(flags.get("pipeline-parallel-size") or 1)
+    nodes = len(cluster["hosts"]) if cluster else 1
+    return world // nodes if world % nodes == 0 else None
+
+
+def member_views(models: list, hostvars, play_hosts: list, default_vllm_version: str) -> dict:
+    """For each cluster model of a host: what each member says, as preflight needs it.
+
+    ``models``: the host's vllm_models as written; ``hostvars``: Ansible's hostvars (any mapping of
+    hostname to its variables); ``play_hosts``: the hosts this run may change. Returns
+    {model name: {member: {in_inventory, in_play, vllm_version, vllm_device, model, gpus}}}, where
+    ``model`` is the member's item of that name (None when it has none) and ``gpus`` the GPUs the
+    play found there (None before they are known)."""
+    views: dict = {}
+    for item in models or []:
+        if not isinstance(item, dict) or not isinstance(item.get("cluster"), dict):
+            continue
+        hosts = item["cluster"].get("hosts")
+        if not isinstance(hosts, list):
+            continue  # normalize_cluster names what is wrong with it
+        members = {}
+        for member in hosts:
+            if not isinstance(member, str) or member not in hostvars:
+                members[str(member)] = {"in_inventory": False, "in_play": False}
+                continue
+            own = hostvars[member]
+            same = [m for m in own.get("vllm_models") or [] if isinstance(m, dict) and m.get("name") == item["name"]]
+            found = own.get("vllm_preflight_gpus")
+            members[member] = {
+                "in_inventory": True,
+                "in_play": member in play_hosts,
+                "vllm_version": str(own.get("vllm_version") or default_vllm_version),
+                "vllm_device": str(own.get("vllm_device") or "cuda"),
+                "model": same[0] if same else None,
+                "gpus": found.get("gpus") if isinstance(found, dict) else None,
+            }
+        views[str(item.get("name"))] = members
+    return views

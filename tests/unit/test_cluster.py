@@ -1,0 +1,143 @@
+"""One model across several hosts (issue 17, docs/multinode.md): the `cluster` of a model item,
+each member's flags, and preflight judging a cluster with every member's view of it."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cluster
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.inventory import (
+    InventoryError,
+    normalize_model,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check_host
+
+COMMIT = "3f2a9c81d4e07a6b5c4d3e2f1a0b9c8d7e6f5a43"
+# Qwen2.5-72B-AWQ over two 4 x T4 nodes: tp 4 on each, pp 2 across them (the issue's example).
+BIG = {
+    "name": "qwen72b",
+    "model": "Qwen/Qwen2.5-72B-Instruct-AWQ",
+    "revision": COMMIT,
+    "port": 9000,
+    "gpus": [0, 1, 2, 3],
+    "cluster": {"hosts": ["t4-node-07", "t4-node-08"]},
+    "flags": {"tensor-parallel-size": 4, "pipeline-parallel-size": 2, "dtype": "half", "max-model-len": 16384},
+}
+NODE = {"vllm_gpus": ["T4"] * 4, "vllm_version": "0.32.0", "vllm_api_key": "x"}
+
+
+def shipped(item):
+    return load_facts(item["model"], fetch=False)
+
+
+def views(*hosts, models=None, **over):
+    """hostvars as the filter sees them: each host's vars, its GPUs found by the play."""
+    found = {"gpus": [{"name": "T4", "index": i} for i in range(4)]}
+    out = {h: dict(NODE, vllm_models=[models or BIG], vllm_preflight_gpus=found) for h in hosts}
+    for host, extra in over.items():
+        out[host.replace("_", "-")].update(extra)
+    return out
+
+
+def judge(host, hostvars, play_hosts):
+    members = cluster.member_views(hostvars[host]["vllm_models"], hostvars, play_hosts, "0.32.0")
+    host_vars = dict(hostvars[host], inventory_hostname=host, vllm_cluster_members=members)
+    return check_host(host_vars, facts_for=shipped)
+
+
+# --- the inventory -------------------------------------------------------------------------
+
+
+def test_a_cluster_is_normalized_with_vllms_default_port():
+    model = normalize_model(BIG)
+    assert model["cluster"] == {"hosts": ["t4-node-07", "t4-node-08"], "master_port": 29501}
+    assert normalize_model(dict(BIG, cluster=None))["cluster"] is None
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (["a", "b"], "cluster must be a dict"),
+        ({"hosts": ["a"]}, "two or more inventory hostnames"),
+        ({"hosts": ["a", "a"]}, "names ['a'] twice"),
+        ({"hosts": ["a", "b"], "head": "a"}, "unknown keys ['head']"),
+        ({"hosts": ["a", "b"], "master_port": 70000}, "must be a port number"),
+    ],
+)
+def test_a_wrong_cluster_is_refused_with_what_is_wrong(value, words):
+    with pytest.raises(InventoryError, match=None) as e:
+        normalize_model(dict(BIG, cluster=value))
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize("flag", ["nnodes", "node-rank", "master-addr", "headless", "distributed-executor-backend"])
+def test_the_flags_each_member_gets_are_not_the_models_to_set(flag):
+    with pytest.raises(InventoryError, match="set by the service role"):
+        normalize_model(dict(BIG, flags=dict(BIG["flags"], **{flag: 1})))
+
+
+def test_each_member_gets_its_rank_the_heads_address_and_its_own():
+    model = normalize_model(BIG)
+    addresses = {"t4-node-07": "10.0.0.7", "t4-node-08": "10.0.0.8"}
+    head_flags, head_env = cluster.member_flags(model, "t4-node-07", addresses)
+    worker_flags, worker_env = cluster.member_flags(model, "t4-node-08", addresses)
+    common = {"distributed-executor-backend": "mp", "nnodes": 2, "master-addr": "10.0.0.7", "master-port": 29501}
+    assert head_flags == {**common, "node-rank": 0}
+    assert worker_flags == {**common, "node-rank": 1, "headless": True}
+    assert (head_env, worker_env) == ({"VLLM_HOST_IP": "10.0.0.7"}, {"VLLM_HOST_IP": "10.0.0.8"})
+    assert cluster.is_head(model, "t4-node-07") and not cluster.is_head(model, "t4-node-08")
+    assert cluster.member_flags(normalize_model(dict(BIG, cluster=None)), "x", {}) == ({}, {})
+    with pytest.raises(cluster.ClusterError, match="t4-node-09 is not one of"):
+        cluster.member_flags(model, "t4-node-09", addresses)
+
+
+# --- preflight across the members -----------------------------------------------------------
+
+
+def test_a_whole_cluster_in_the_play_is_planned_on_both_hosts_gpus_stage_by_stage():
+    hostvars = views("t4-node-07", "t4-node-08")
+    for host, rank in (("t4-node-07", 0), ("t4-node-08", 1)):
+        result = judge(host, hostvars, ["t4-node-07", "t4-node-08"])
+        (plan,) = result["models"]
+        assert result["verdict"] == "ok", (plan["errors"], result["errors"])
+        assert plan["cluster"] == {"hosts": ["t4-node-07", "t4-node-08"], "head": "t4-node-07", "node_rank": rank}
+        assert plan["gpus"] == [f"t4-node-0{n}:{i}" for n in (7, 8) for i in range(4)]
+        assert [st["layers"] for st in plan["stages"]] == [[0, 40], [40, 80]]
+
+
+def test_a_limit_that_splits_the_cluster_is_refused_with_the_limit_that_does_not():
+    hostvars = views("t4-node-07", "t4-node-08")
+    result = judge("t4-node-07", hostvars, ["t4-node-07"])
+    (error,) = result["models"][0]["errors"]
+    assert error["rule"] == "cluster-in-play" and "leaves t4-node-08 out" in error["message"]
+    assert error["fix"] == "run with -l t4-node-07,t4-node-08 (or a group holding them all)"
+
+
+def test_a_member_without_the_model_or_with_another_revision_is_named():
+    other = dict(BIG, revision="9b1d07e6c2aa5f3e8d1c0b4a7e6f5d4c3b2a1908")
+    for theirs, words in (([], "t4-node-08 has no such model"), ([other], "t4-node-08 differs in revision")):
+        hostvars = views("t4-node-07", "t4-node-08", t4_node_08={"vllm_models": theirs})
+        result = judge("t4-node-07", hostvars, list(hostvars))
+        errors = result["models"][0]["errors"]
+        assert [e["rule"] for e in errors] == ["cluster-same-model"], errors
+        assert words in errors[0]["message"]
+
+
+def test_a_member_not_in_the_inventory_and_another_vllm_are_refused():
+    hostvars = views("t4-node-07", "t4-node-08", t4_node_08={"vllm_version": "0.26.0"})
+    rules = [e["rule"] for e in judge("t4-node-07", hostvars, list(hostvars))["models"][0]["errors"]]
+    assert rules == ["cluster-same-runtime"]
+    alone = {"t4-node-07": views("t4-node-07")["t4-node-07"]}
+    rules = [e["rule"] for e in judge("t4-node-07", alone, ["t4-node-07"])["models"][0]["errors"]]
+    assert rules == ["cluster-members-known"]
+
+
+def test_the_smaller_gpus_of_a_member_bound_the_plan():
+    # The worker's GPUs are 8 GB cards: the cluster is planned on them, not on the head's T4s.
+    small = {"gpus": [{"name": "T4", "index": i, "memory_mib": 7680} for i in range(4)]}
+    same = views("t4-node-07", "t4-node-08")
+    mixed = views("t4-node-07", "t4-node-08", t4_node_08={"vllm_preflight_gpus": small})
+    both = ["t4-node-07", "t4-node-08"]
+    assert judge("t4-node-07", same, both)["verdict"] == "ok"
+    plan = judge("t4-node-07", mixed, both)["models"][0]
+    assert plan["verdict"] == "refused" and plan["errors"][0]["rule"] == "memory-fits", plan["errors"]
