@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes, cluster
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import (
     ServeArgsError,
     normalize,
@@ -25,13 +25,27 @@ def vllm_argv(flags):
         raise AnsibleFilterError(str(e)) from e
 
 
-def vllm_serve_argv(model, bin_dir, models_root, bind_address):
+def vllm_serve_argv(model, bin_dir, models_root, bind_address, host=None):
     """The argv a model's unit runs: `<env>/bin/vllm serve <models_root>/<model>/<revision> --host ...
-    --port ... <flags>`. One definition for the unit (roles/vllm_service) and for the parser check
-    that runs when the environment is built (roles/vllm_runtime), so both judge the same line."""
+    --port ... <flags>`, and on a member of the model's cluster its part (``host``: the member's
+    inventory name; cluster.member_flags). One definition for the unit (roles/vllm_service) and for
+    the parser check that runs when the environment is built (roles/vllm_runtime), so both judge
+    the same line."""
     model_dir = f"{models_root}/{model['model']}/{model['revision']}"
     where = ["--host", str(bind_address), "--port", str(model["port"])]
-    return [f"{bin_dir}/vllm", "serve", model_dir, *where, *vllm_argv(model.get("flags"))]
+    try:
+        part, _env = cluster.member_flags(model, str(host)) if model.get("cluster") else ({}, {})
+    except cluster.ClusterError as e:
+        raise AnsibleFilterError(str(e)) from e
+    return [f"{bin_dir}/vllm", "serve", model_dir, *where, *vllm_argv(model.get("flags")), *vllm_argv(part)]
+
+
+def vllm_cluster_environment(model, host):
+    """The environment a cluster member's unit adds (VLLM_HOST_IP); {} for a single-host model."""
+    try:
+        return cluster.member_flags(model, str(host))[1] if model.get("cluster") else {}
+    except cluster.ClusterError as e:
+        raise AnsibleFilterError(str(e)) from e
 
 
 def vllm_argvs_not_accepted(argvs, accepted_ids):
@@ -88,6 +102,7 @@ class FilterModule:
         return {
             "vllm_argv": vllm_argv,
             "vllm_serve_argv": vllm_serve_argv,
+            "vllm_cluster_environment": vllm_cluster_environment,
             "vllm_argvs_not_accepted": vllm_argvs_not_accepted,
             "vllm_accepted_shapes_file": vllm_accepted_shapes_file,
             "vllm_plan_row": vllm_plan_row,

@@ -115,14 +115,14 @@ def vllm_rollout_rows_converged(models, host):
         raise AnsibleFilterError(str(e)) from e
 
 
-def vllm_rollout_converged_state(deployed, models, unit_dir, env_dir, state_dir, bind_address):
+def vllm_rollout_converged_state(deployed, models, unit_dir, env_dir, state_dir, bind_address, host=""):
     """The vllm_converged save arguments for what this run left (converged.deployed_state)."""
     try:
         normalized = inventory.normalize_models(models)
     except inventory.InventoryError as e:
         raise AnsibleFilterError(str(e)) from e
     return converged.deployed_state(
-        dict(deployed or {}), normalized, str(unit_dir), str(env_dir), str(state_dir), str(bind_address)
+        dict(deployed or {}), normalized, str(unit_dir), str(env_dir), str(state_dir), str(bind_address), str(host)
     )
 
 
@@ -150,6 +150,17 @@ def vllm_cluster_members(models, hostvars, play_hosts, default_vllm_version):
     return cluster.member_views(list(models or []), hostvars, list(play_hosts or []), str(default_vllm_version))
 
 
+def vllm_cluster_addressed(models, hostvars):
+    """models with each cluster's member addresses filled (cluster.with_addresses)."""
+    return cluster.with_addresses(list(models or []), hostvars)
+
+
+def vllm_models_answered_by(models, host):
+    """The (normalized) models whose API ``host`` answers: all but those it runs as a cluster's
+    worker (cluster.is_head)."""
+    return [m for m in models or [] if cluster.is_head(m, str(host))]
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -172,4 +183,6 @@ class FilterModule:
             "vllm_scrape_entries": vllm_scrape_entries,
             "vllm_served_models": vllm_served_models,
             "vllm_cluster_members": vllm_cluster_members,
+            "vllm_cluster_addressed": vllm_cluster_addressed,
+            "vllm_models_answered_by": vllm_models_answered_by,
         }

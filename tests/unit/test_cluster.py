@@ -4,7 +4,9 @@ each member's flags, and preflight judging a cluster with every member's view of
 from __future__ import annotations
 
 import pytest
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cluster
+from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_flags import vllm_cluster_environment, vllm_serve_argv
+from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_fleet import vllm_models_answered_by
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cluster, converged, monitoring
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.inventory import (
     InventoryError,
@@ -50,7 +52,11 @@ def judge(host, hostvars, play_hosts):
 
 def test_a_cluster_is_normalized_with_vllms_default_port():
     model = normalize_model(BIG)
-    assert model["cluster"] == {"hosts": ["t4-node-07", "t4-node-08"], "master_port": 29501}
+    assert model["cluster"] == {
+        "hosts": ["t4-node-07", "t4-node-08"],
+        "master_port": 29501,
+        "addresses": {"t4-node-07": "t4-node-07", "t4-node-08": "t4-node-08"},
+    }
     assert normalize_model(dict(BIG, cluster=None))["cluster"] is None
 
 
@@ -77,18 +83,22 @@ def test_the_flags_each_member_gets_are_not_the_models_to_set(flag):
 
 
 def test_each_member_gets_its_rank_the_heads_address_and_its_own():
-    model = normalize_model(BIG)
-    addresses = {"t4-node-07": "10.0.0.7", "t4-node-08": "10.0.0.8"}
-    head_flags, head_env = cluster.member_flags(model, "t4-node-07", addresses)
-    worker_flags, worker_env = cluster.member_flags(model, "t4-node-08", addresses)
+    hostvars = {"t4-node-07": {"vllm_cluster_address": "10.0.0.7", "ansible_host": "192.0.2.7"}, "t4-node-08": {}}
+    (item,) = cluster.with_addresses([BIG], hostvars)
+    assert item["cluster"]["addresses"] == {"t4-node-07": "10.0.0.7", "t4-node-08": "t4-node-08"}
+    hostvars["t4-node-08"] = {"ansible_host": "10.0.0.8"}
+    (item,) = cluster.with_addresses([BIG], hostvars)
+    model = normalize_model(item)
+    head_flags, head_env = cluster.member_flags(model, "t4-node-07")
+    worker_flags, worker_env = cluster.member_flags(model, "t4-node-08")
     common = {"distributed-executor-backend": "mp", "nnodes": 2, "master-addr": "10.0.0.7", "master-port": 29501}
     assert head_flags == {**common, "node-rank": 0}
     assert worker_flags == {**common, "node-rank": 1, "headless": True}
     assert (head_env, worker_env) == ({"VLLM_HOST_IP": "10.0.0.7"}, {"VLLM_HOST_IP": "10.0.0.8"})
     assert cluster.is_head(model, "t4-node-07") and not cluster.is_head(model, "t4-node-08")
-    assert cluster.member_flags(normalize_model(dict(BIG, cluster=None)), "x", {}) == ({}, {})
+    assert cluster.member_flags(normalize_model(dict(BIG, cluster=None)), "x") == ({}, {})
     with pytest.raises(cluster.ClusterError, match="t4-node-09 is not one of"):
-        cluster.member_flags(model, "t4-node-09", addresses)
+        cluster.member_flags(model, "t4-node-09")
 
 
 # --- preflight across the members -----------------------------------------------------------
@@ -141,3 +151,45 @@ def test_the_smaller_gpus_of_a_member_bound_the_plan():
     assert judge("t4-node-07", same, both)["verdict"] == "ok"
     plan = judge("t4-node-07", mixed, both)["models"][0]
     assert plan["verdict"] == "refused" and plan["errors"][0]["rule"] == "memory-fits", plan["errors"]
+
+
+# --- what each member runs, answers and exports ------------------------------------------------
+
+ADDRESSED = cluster.with_addresses(
+    [BIG], {"t4-node-07": {"vllm_cluster_address": "10.0.0.7"}, "t4-node-08": {"vllm_cluster_address": "10.0.0.8"}}
+)
+
+
+def test_each_members_unit_runs_its_part_and_only_the_head_serves_the_api():
+    model = normalize_model(ADDRESSED[0])
+    head = vllm_serve_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07")
+    worker = vllm_serve_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-08")
+    single = vllm_serve_argv(dict(model, cluster=None), "/env/bin", "/models", "0.0.0.0", "t4-node-07")
+    cluster_part = ["--distributed-executor-backend", "mp", "--nnodes", "2"]
+    assert head[len(single) :][:4] == cluster_part and worker[len(single) :][:4] == cluster_part
+    assert head[len(single) :][4:] == ["--node-rank", "0", "--master-addr", "10.0.0.7", "--master-port", "29501"]
+    assert worker[len(single) :][4:] == [
+        "--node-rank",
+        "1",
+        "--master-addr",
+        "10.0.0.7",
+        "--master-port",
+        "29501",
+        "--headless",
+    ]
+    assert vllm_cluster_environment(model, "t4-node-08") == {"VLLM_HOST_IP": "10.0.0.8"}
+    assert vllm_models_answered_by([model], "t4-node-07") == [model]
+    assert vllm_models_answered_by([model], "t4-node-08") == []
+
+
+def test_a_worker_is_neither_a_scrape_target_nor_a_health_url():
+    model = normalize_model(ADDRESSED[0])
+    head = monitoring.scrape_targets("t4-node-07", "10.0.0.7", [model], "0.32.0", "cuda")
+    assert [e["targets"] for e in head] == [["10.0.0.7:9000"]]
+    assert monitoring.scrape_targets("t4-node-08", "10.0.0.8", [model], "0.32.0", "cuda") == []
+    record = {"unit_path": "/u", "env_path": "/e", "env_dir": "/env", "model_dir": "/m", "model": model}
+    args = ("/units", "/envs", "/state", "0.0.0.0")
+    assert converged.deployed_state({"qwen72b": record}, [model], *args, "t4-node-07")["health_urls"] == [
+        "http://127.0.0.1:9000/health"
+    ]
+    assert converged.deployed_state({"qwen72b": record}, [model], *args, "t4-node-08")["health_urls"] == []

@@ -33,12 +33,15 @@ class ClusterError(ValueError):
 
 
 def normalize_cluster(name: str, raw) -> dict | None:
-    """A model item's `cluster` with defaults filled: {hosts: [head, worker...], master_port}."""
+    """A model item's `cluster` with defaults filled: {hosts: [head, worker...], master_port,
+    addresses}. ``addresses`` (each member's address on the network the members share) is filled
+    by the play from each member's vllm_cluster_address (filter vllm_cluster_addressed); a member
+    without one is reached by its inventory name."""
     if raw in (None, {}, ""):
         return None
     if not isinstance(raw, dict):
         raise ClusterError(f"model {name}: cluster must be a dict (hosts: [head, worker, ...]), not {raw!r}")
-    unknown = sorted(set(raw) - {"hosts", "master_port"})
+    unknown = sorted(set(raw) - {"hosts", "master_port", "addresses"})
     if unknown:
         raise ClusterError(f"model {name}: cluster has unknown keys {unknown}: it takes hosts and master_port")
     hosts = raw.get("hosts")
@@ -52,7 +55,14 @@ def normalize_cluster(name: str, raw) -> dict | None:
     port = raw.get("master_port", DEFAULT_MASTER_PORT)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ClusterError(f"model {name}: cluster.master_port must be a port number, got {port!r}")
-    return {"hosts": list(hosts), "master_port": port}
+    addresses = raw.get("addresses") or {}
+    if not isinstance(addresses, dict) or not all(isinstance(v, str) and v for v in addresses.values()):
+        raise ClusterError(f"model {name}: cluster.addresses must map hostnames to addresses, got {addresses!r}")
+    return {
+        "hosts": list(hosts),
+        "master_port": port,
+        "addresses": {h: str(addresses.get(h) or h) for h in hosts},
+    }
 
 
 def node_rank(model: dict, host: str) -> int | None:
@@ -68,12 +78,13 @@ def is_head(model: dict, host: str) -> bool:
     return not model.get("cluster") or node_rank(model, host) == 0
 
 
-def member_flags(model: dict, host: str, addresses: dict) -> tuple[dict, dict]:
+def member_flags(model: dict, host: str) -> tuple[dict, dict]:
     """(flags, environment) the host's unit adds for its part in the cluster; ({}, {}) for a
-    single-host model. ``addresses``: each member's address on the network the members share."""
+    single-host model. ``model``: normalized (inventory.normalize_model)."""
     cluster = model.get("cluster")
     if not cluster:
         return {}, {}
+    addresses = cluster["addresses"]
     rank = node_rank(model, host)
     if rank is None:
         raise ClusterError(f"model {model['name']}: {host} is not one of cluster.hosts {cluster['hosts']}")
@@ -99,6 +110,23 @@ def gpus_per_member(model: dict) -> int | None:
     world = int(flags.get("tensor-parallel-size") or 1) * int(flags.get("pipeline-parallel-size") or 1)
     nodes = len(cluster["hosts"]) if cluster else 1
     return world // nodes if world % nodes == 0 else None
+
+
+def with_addresses(models: list, hostvars) -> list:
+    """The items with each cluster's member addresses filled from the members' variables:
+    vllm_cluster_address, else ansible_host, else the inventory name (see normalize_cluster)."""
+    out = []
+    for item in models or []:
+        spec = item.get("cluster") if isinstance(item, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("hosts"), list):
+            out.append(item)
+            continue
+        addresses = {}
+        for member in spec["hosts"]:
+            own = hostvars[member] if isinstance(member, str) and member in hostvars else {}
+            addresses[member] = str(own.get("vllm_cluster_address") or own.get("ansible_host") or member)
+        out.append(dict(item, cluster=dict(spec, addresses=addresses)))
+    return out
 
 
 def member_views(models: list, hostvars, play_hosts: list, default_vllm_version: str) -> dict:

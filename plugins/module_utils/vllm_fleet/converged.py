@@ -21,6 +21,7 @@ import os
 import stat
 from pathlib import Path
 
+from . import cluster
 from .weights import manifest_is_complete, sha256_file
 
 RECORD_VERSION = 1
@@ -200,7 +201,13 @@ def differences(
 
 
 def deployed_state(
-    deployed: dict, models: list[dict], unit_dir: str, env_dir: str, state_dir: str, bind_address: str
+    deployed: dict,
+    models: list[dict],
+    unit_dir: str,
+    env_dir: str,
+    state_dir: str,
+    bind_address: str,
+    inventory_host: str = "",
 ) -> dict:
     """What a passed full run left on a host, from the vllm_service role's record of each unit
     (vllm_service_deployed: unit_path, env_path, env_dir, model_dir, model) and the host's
@@ -221,5 +228,8 @@ def deployed_state(
         "weights": [
             {"dir": r["model_dir"], "repo": r["model"]["model"], "revision": r["model"]["revision"]} for r in records
         ],
-        "health_urls": [f"http://{host}:{r['model']['port']}/health" for r in records],
+        # A cluster's worker runs headless, without an API: its head's /health speaks for it.
+        "health_urls": [
+            f"http://{host}:{r['model']['port']}/health" for r in records if cluster.is_head(r["model"], inventory_host)
+        ],
     }

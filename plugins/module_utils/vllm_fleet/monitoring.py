@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+from . import cluster
+
 # The families the dashboard, the alert rules, status.yml and the probe read, as vLLM 0.32.0 exports
 # them (vllm/v1/metrics/loggers.py; a counter's samples end in _total, a histogram's in
 # _bucket/_sum/_count). tests/integration/test_rollout.py checks them against a live server's
@@ -146,6 +148,8 @@ def scrape_targets(host: str, address: str, models: list[dict], vllm_version: st
     for model in models:
         if model.get("state", "present") != "present" or not model.get("port"):
             continue
+        if not cluster.is_head(model, host):
+            continue  # a cluster's worker runs headless: its head answers, and exports, for it
         entries.append(
             {
                 "targets": [target_address(address, model["port"])],
