@@ -161,6 +161,18 @@ def vllm_models_answered_by(models, host):
     return [m for m in models or [] if cluster.is_head(m, str(host))]
 
 
+def vllm_cluster_refused_peers(models, host, hostvars):
+    """The members of the host's clusters preflight refused (cluster.refused_peers)."""
+    return cluster.refused_peers(list(models or []), str(host), hostvars)
+
+
+def vllm_rollout_batches(order, pending, hostvars, serial):
+    """The rollout's batches with each cluster whole (cluster.batches): {hosts, serial, joined}."""
+    order = [str(h) for h in order or []]
+    clusters = cluster.clusters_of({h: hostvars[h].get("vllm_models") or [] for h in order if h in hostvars})
+    return cluster.batches(order, [str(h) for h in pending or []], clusters, serial)
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -185,4 +197,6 @@ class FilterModule:
             "vllm_cluster_members": vllm_cluster_members,
             "vllm_cluster_addressed": vllm_cluster_addressed,
             "vllm_models_answered_by": vllm_models_answered_by,
+            "vllm_cluster_refused_peers": vllm_cluster_refused_peers,
+            "vllm_rollout_batches": vllm_rollout_batches,
         }

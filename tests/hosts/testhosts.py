@@ -36,6 +36,11 @@ from . import seed as seeds
 
 PREFIX = "vf"
 SUBNET = "10.77"
+# The hosts' own network (docs/multinode.md: the members of a cluster reach each other directly,
+# as racked hosts do over their switch): a bridge in a namespace of its own, so this machine
+# forwards nothing; host N is 10.78.0.N on its second interface, eth1.
+CLUSTER_NETNS = "vfnet"
+CLUSTER_SUBNET = "10.78.0"
 STATE_DIR = Path(os.environ.get("VLLM_FLEET_HOSTS_STATE", "/var/lib/vllm-fleet/testhosts"))
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_INVENTORY = REPO_ROOT / "inventories/local/hosts.yml"
@@ -56,6 +61,11 @@ class Host:
     @property
     def netns(self) -> str:
         return self.name
+
+    @property
+    def cluster_address(self) -> str:
+        """The host's address on the hosts' own network, once join_cluster_network joined it."""
+        return f"{CLUSTER_SUBNET}.{self.index}"
 
 
 def _run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -126,6 +136,33 @@ def _setup_network(index: int) -> None:
         _run(["ip", "-n", name, "addr", "add", f"{SUBNET}.{index}.2/24", "dev", "eth0"])
     _run(["ip", "-n", name, "link", "set", "eth0", "up"])
     _run(["ip", "-n", name, "route", "replace", "default", "via", f"{SUBNET}.{index}.1"])
+
+
+def join_cluster_network(host: Host) -> str:
+    """Put the host on the hosts' own network (a bridge in namespace vfnet; idempotent) and return
+    its address there. The link leaves with the host's namespace when it is destroyed."""
+    namespaces = _run(["ip", "netns", "list"]).stdout.split()
+    if CLUSTER_NETNS not in namespaces:
+        _run(["ip", "netns", "add", CLUSTER_NETNS])
+    if _run(["ip", "-n", CLUSTER_NETNS, "link", "show", "br0"], check=False).returncode != 0:
+        _run(["ip", "-n", CLUSTER_NETNS, "link", "add", "br0", "type", "bridge"])
+    _run(["ip", "-n", CLUSTER_NETNS, "link", "set", "br0", "up"])
+    outside = f"{host.name}-n"
+    if _run(["ip", "-n", host.netns, "link", "show", "eth1"], check=False).returncode != 0:
+        peer = ["peer", "name", "eth1", "netns", host.netns]
+        _run(["ip", "-n", CLUSTER_NETNS, "link", "add", outside, "type", "veth", *peer])
+        _run(["ip", "-n", CLUSTER_NETNS, "link", "set", outside, "master", "br0", "up"])
+    addresses = _run(["ip", "-n", host.netns, "-o", "addr", "show", "dev", "eth1"]).stdout
+    if f"{host.cluster_address}/" not in addresses:
+        _run(["ip", "-n", host.netns, "addr", "add", f"{host.cluster_address}/24", "dev", "eth1"])
+    _run(["ip", "-n", host.netns, "link", "set", "eth1", "up"])
+    return host.cluster_address
+
+
+def set_cluster_link(host: Host, up: bool) -> None:
+    """Cut the host from the hosts' own network (its peers stop reaching it; the controller still
+    does), or bring it back."""
+    _run(["ip", "-n", CLUSTER_NETNS, "link", "set", f"{host.name}-n", "up" if up else "down"])
 
 
 def set_network(host: Host, up: bool) -> None:
@@ -427,6 +464,9 @@ def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
         log(f"{name}: destroyed")
     _save_state(state)
     if destroy_all:
+        # The hosts' own network, now that no host is on it.
+        if CLUSTER_NETNS in _run(["ip", "netns", "list"]).stdout.split():
+            _run(["ip", "netns", "delete", CLUSTER_NETNS], check=False)
         # Seeds a crashed session left (their owner removes them otherwise), now that no host mounts them.
         for leftover in seeds.existing(STATE_DIR):
             if seeds.remove(leftover):
@@ -483,7 +523,11 @@ def leftovers() -> list[str]:
         if host_dir(name).exists():
             found.append(f"{name}: directory {host_dir(name)}")
     found.extend(f"seed layer {path}" for path in seeds.existing(STATE_DIR))
-    found.extend(f"network namespace {n}" for n in _run(["ip", "netns", "list"]).stdout.split() if _is_host_name(n))
+    found.extend(
+        f"network namespace {n}"
+        for n in _run(["ip", "netns", "list"]).stdout.split()
+        if _is_host_name(n) or (n == CLUSTER_NETNS and not list_hosts())
+    )
     links = _run(["ip", "-o", "link", "show"]).stdout
     found.extend(
         f"veth {field.split('@')[0]}"

@@ -193,3 +193,33 @@ def test_a_worker_is_neither_a_scrape_target_nor_a_health_url():
         "http://127.0.0.1:9000/health"
     ]
     assert converged.deployed_state({"qwen72b": record}, [model], *args, "t4-node-08")["health_urls"] == []
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def test_serial_counts_a_cluster_as_one_unit_and_keeps_it_whole():
+    order = ["a", "n1", "b", "c", "n2", "d"]
+    plan = cluster.batches(order, order, [["n1", "n2"]], [1, "25%", "100%"])
+    # Units: a, (n1 n2), b, c, d: 5 units; 25 % of 5 rounds down to 1 unit, as Ansible's serial does.
+    assert plan["hosts"] == ["a", "n1", "n2", "b", "c", "d"]
+    assert plan["serial"] == [1, 2, 3]
+    plan = cluster.batches(order, order, [["n1", "n2"]], [2, "100%"])
+    assert plan["serial"] == [3, 3] and plan["hosts"][:3] == ["a", "n1", "n2"]
+
+
+def test_a_member_that_took_the_fast_path_rejoins_its_clusters_run():
+    order = ["n1", "n2", "x"]
+    plan = cluster.batches(order, ["n2"], [["n1", "n2"]], [1])
+    assert plan["hosts"] == ["n1", "n2"] and plan["serial"] == [2]
+    assert plan["joined"] == {"n1": "n2"}
+    assert cluster.batches(order, ["x"], [["n1", "n2"]], [1]) == {"hosts": ["x"], "serial": [1], "joined": {}}
+
+
+def test_a_clusters_members_share_a_batch_wherever_the_inventory_lists_them():
+    order = ["w", "a", "b", "h"]
+    plan = cluster.batches(order, order, [["h", "w"]], [1, "100%"])
+    assert plan["hosts"] == ["w", "h", "a", "b"] and plan["serial"] == [2, 2]
+    assert cluster.clusters_of({"h": [BIG], "w": [BIG], "z": [dict(BIG, name="x", cluster=None)]}) == [
+        ["t4-node-07", "t4-node-08"]
+    ]

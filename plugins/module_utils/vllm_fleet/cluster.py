@@ -162,3 +162,86 @@ def member_views(models: list, hostvars, play_hosts: list, default_vllm_version:
             }
         views[str(item.get("name"))] = members
     return views
+
+
+def _serial_size(value, total: int) -> int:
+    """One item of Ansible's `serial` as a count of ``total`` (ansible/utils/helpers.py pct_to_int:
+    a percentage rounds down, and never below 1; 0 or less means all)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return int(int(value.strip()[:-1]) / 100.0 * total) or 1
+    return int(value)
+
+
+def clusters_of(hosts_models: dict) -> list[list[str]]:
+    """The clusters among the hosts' models ({host: vllm_models}), each its hosts in order, once."""
+    seen: list[list[str]] = []
+    for models in hosts_models.values():
+        for item in models or []:
+            spec = item.get("cluster") if isinstance(item, dict) else None
+            hosts = spec.get("hosts") if isinstance(spec, dict) else None
+            if isinstance(hosts, list) and hosts not in seen and (item.get("state") or "present") == "present":
+                seen.append([str(h) for h in hosts])
+    return seen
+
+
+def batches(order: list[str], pending: list[str], clusters: list[list[str]], serial) -> dict:
+    """The rollout's batches with every cluster whole (docs/rollout.md, docs/multinode.md).
+
+    ``order``: the play's hosts in inventory order; ``pending``: those a full run changes;
+    ``clusters``: each cluster's hosts. A cluster counts as one unit of a batch: `serial` (Ansible's
+    list of counts and percentages, the last repeating) is applied to units, not hosts, and a
+    member that took the fast path rejoins its cluster's run (its peers restart around it).
+    Returns {hosts: the pending hosts in batch order, serial: each batch's host count, joined:
+    {host: the cluster member that brought it in}}."""
+    pending_set, joined = set(pending), {}
+    changed = True
+    while changed:  # clusters may share hosts: pull in until nothing more joins
+        changed = False
+        for members in clusters:
+            touched = [m for m in members if m in pending_set]
+            for m in members:
+                if touched and m not in pending_set and m in order:
+                    pending_set.add(m)
+                    joined[m] = touched[0]
+                    changed = True
+    units: list[list[str]] = []
+    placed: set[str] = set()
+    for host in order:
+        if host not in pending_set or host in placed:
+            continue
+        unit = [host]
+        for members in clusters:
+            if host in members:
+                unit += [m for m in members if m not in unit and m in order and m not in placed]
+        units.append(unit)
+        placed.update(unit)
+    items = list(serial) if isinstance(serial, (list, tuple)) else [serial]
+    items = items or [0]
+    sizes, i = [], 0
+    remaining = list(units)
+    while remaining:
+        count = _serial_size(items[min(i, len(items) - 1)], len(units))
+        take = remaining if count <= 0 else remaining[:count]
+        remaining = remaining[len(take) :]
+        sizes.append(sum(len(u) for u in take))
+        i += 1
+    return {"hosts": [h for u in units for h in u], "serial": sizes, "joined": joined}
+
+
+def refused_peers(models: list, host: str, hostvars) -> list[str]:
+    """For each cluster model of ``host``: the members preflight refused (their registered
+    vllm_preflight_result failed). A member cannot serve its stages alone, so their refusal is
+    this host's too."""
+    out = []
+    for item in models or []:
+        spec = item.get("cluster") if isinstance(item, dict) else None
+        hosts = spec.get("hosts") if isinstance(spec, dict) else None
+        if not isinstance(hosts, list) or (item.get("state") or "present") != "present":
+            continue
+        for member in hosts:
+            if member == host or not isinstance(member, str) or member not in hostvars:
+                continue
+            result = hostvars[member].get("vllm_preflight_result")
+            if isinstance(result, dict) and result.get("failed"):
+                out.append(f"{item.get('name')}: {member}, a member of its cluster, was refused (its errors are above)")
+    return out

@@ -44,6 +44,7 @@ NOT_INPUTS = frozenset(
         "vllm_rollout_digest",
         "vllm_rollout_deployed",
         "vllm_rollout_latencies",
+        "vllm_rollout_batches",
         # The resolution of each revision (tasks/preflight.yml): the commits it found reach the
         # digest through the models (vllm_service_models names each commit); the rest (when it was
         # resolved last time, the warnings) is not what the host runs.
