@@ -155,12 +155,6 @@ def vllm_cluster_addressed(models, hostvars):
     return cluster.with_addresses(list(models or []), hostvars)
 
 
-def vllm_models_answered_by(models, host):
-    """The (normalized) models whose API ``host`` answers: all but those it runs as a cluster's
-    worker (cluster.is_head)."""
-    return [m for m in models or [] if cluster.is_head(m, str(host))]
-
-
 def vllm_cluster_refused_peers(models, host, hostvars):
     """The members of the host's clusters preflight refused (cluster.refused_peers)."""
     return cluster.refused_peers(list(models or []), str(host), hostvars)
@@ -196,7 +190,6 @@ class FilterModule:
             "vllm_served_models": vllm_served_models,
             "vllm_cluster_members": vllm_cluster_members,
             "vllm_cluster_addressed": vllm_cluster_addressed,
-            "vllm_models_answered_by": vllm_models_answered_by,
             "vllm_cluster_refused_peers": vllm_cluster_refused_peers,
             "vllm_rollout_batches": vllm_rollout_batches,
         }

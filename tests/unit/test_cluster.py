@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_flags import vllm_cluster_environment, vllm_serve_argv
-from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_fleet import vllm_models_answered_by
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cluster, converged, monitoring
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.inventory import (
@@ -178,8 +177,7 @@ def test_each_members_unit_runs_its_part_and_only_the_head_serves_the_api():
         "--headless",
     ]
     assert vllm_cluster_environment(model, "t4-node-08") == {"VLLM_HOST_IP": "10.0.0.8"}
-    assert vllm_models_answered_by([model], "t4-node-07") == [model]
-    assert vllm_models_answered_by([model], "t4-node-08") == []
+    assert cluster.is_head(model, "t4-node-07") and not cluster.is_head(model, "t4-node-08")
 
 
 def test_a_worker_is_neither_a_scrape_target_nor_a_health_url():
