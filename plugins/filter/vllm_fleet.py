@@ -167,6 +167,11 @@ def vllm_rollout_batches(order, pending, hostvars, serial):
     return cluster.batches(order, [str(h) for h in pending or []], clusters, serial)
 
 
+def vllm_cluster_left_out(models, play_hosts):
+    """What a run that leaves members of the host's clusters out of the play leaves out (cluster.left_out)."""
+    return cluster.left_out(list(models or []), [str(h) for h in play_hosts or []])
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -192,4 +197,5 @@ class FilterModule:
             "vllm_cluster_addressed": vllm_cluster_addressed,
             "vllm_cluster_refused_peers": vllm_cluster_refused_peers,
             "vllm_rollout_batches": vllm_rollout_batches,
+            "vllm_cluster_left_out": vllm_cluster_left_out,
         }

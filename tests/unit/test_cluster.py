@@ -221,3 +221,15 @@ def test_a_clusters_members_share_a_batch_wherever_the_inventory_lists_them():
     assert cluster.clusters_of({"h": [BIG], "w": [BIG], "z": [dict(BIG, name="x", cluster=None)]}) == [
         ["t4-node-07", "t4-node-08"]
     ]
+
+
+def test_a_run_that_leaves_a_member_out_or_a_refused_peer_refuses_the_host():
+    assert cluster.left_out([BIG], ["t4-node-07", "t4-node-08", "x"]) == []
+    (words,) = cluster.left_out([BIG], ["t4-node-07"])
+    assert "leaves out t4-node-08 -- fix: run with -l t4-node-07,t4-node-08" in words
+    hostvars = {"t4-node-07": {}, "t4-node-08": {"vllm_preflight_result": {"failed": True}}}
+    assert cluster.refused_peers([BIG], "t4-node-07", hostvars) == [
+        "qwen72b: t4-node-08, a member of its cluster, was refused (its errors are above)"
+    ]
+    assert cluster.refused_peers([BIG], "t4-node-08", hostvars) == []
+    assert cluster.refused_peers([dict(BIG, state="absent")], "t4-node-07", hostvars) == []

@@ -245,3 +245,21 @@ def refused_peers(models: list, host: str, hostvars) -> list[str]:
             if isinstance(result, dict) and result.get("failed"):
                 out.append(f"{item.get('name')}: {member}, a member of its cluster, was refused (its errors are above)")
     return out
+
+
+def left_out(models: list, play_hosts: list) -> list[str]:
+    """For each cluster model of a host: the members this run leaves out (a rollback of half a
+    cluster would leave its members on different versions)."""
+    out = []
+    for item in models or []:
+        spec = item.get("cluster") if isinstance(item, dict) else None
+        hosts = spec.get("hosts") if isinstance(spec, dict) else None
+        if not isinstance(hosts, list) or (item.get("state") or "present") != "present":
+            continue
+        missing = [h for h in hosts if h not in play_hosts]
+        if missing:
+            out.append(
+                f"{item.get('name')} runs across {', '.join(hosts)}; this run leaves out {', '.join(missing)}"
+                f" -- fix: run with -l {','.join(hosts)}"
+            )
+    return out
