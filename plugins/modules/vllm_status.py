@@ -33,6 +33,13 @@ options:
     description: Seconds for each HTTP request to a server.
     type: int
     default: 5
+  host:
+    description:
+      - The host's inventory name. On a member of a model's C(cluster) that is not its head (a
+        headless worker, docs/multinode.md) only the unit is read, and the row names the head
+        that serves the model in RV(rows[].served_by).
+    type: str
+    default: ""
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - vllm_fleet.fleet.module
@@ -70,6 +77,7 @@ rows:
     kv_cache_usage: {description: "KV-cache usage, 0 to 1.", type: float}
     probe_latency_s: {description: "Chat latency of the last probe, when one was kept.", type: float}
     problems: {description: "What could not be read, or is wrong.", type: list, elements: str}
+    served_by: {description: "On a cluster's worker, the head that serves the model; absent otherwise.", type: str}
 unmanaged_units:
   description: vllm-*.service units on the host that no model of the inventory names.
   returned: always
@@ -86,6 +94,7 @@ import urllib.error
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.cluster import is_head
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.monitoring import load_figures
 
 SHOW = ("ActiveState", "SubState", "ActiveEnterTimestampMonotonic", "NRestarts", "Description", "LoadState")
@@ -120,7 +129,7 @@ def get(url: str, timeout: float) -> tuple[str | None, str | None]:
         return None, str(getattr(exc, "reason", exc))
 
 
-def model_row(model: dict, report_dir: str, timeout: float) -> dict:
+def model_row(model: dict, report_dir: str, timeout: float, host: str = "") -> dict:
     name = model["name"]
     props = unit_properties(f"vllm-{name}.service")
     row: dict = {"model": name, "problems": [], "vllm_version": None, "uptime_s": None, "probe_latency_s": None}
@@ -142,6 +151,10 @@ def model_row(model: dict, report_dir: str, timeout: float) -> dict:
     entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
     if props.get("ActiveState") == "active" and entered:
         row["uptime_s"] = round(monotonic_now_s() - entered / 1e6, 1)
+    if not is_head(model, host):
+        # A cluster's worker runs headless (docs/multinode.md): no API here; its head answers.
+        row["served_by"] = model["cluster"]["hosts"][0]
+        return row
     base = f"http://127.0.0.1:{model['port']}"
     version, why = get(f"{base}/version", timeout)
     if version is None:
@@ -181,6 +194,7 @@ def main() -> None:
             "unit_dir": {"type": "path", "required": True},
             "report_dir": {"type": "path", "required": True},
             "timeout": {"type": "int", "default": 5},
+            "host": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -189,7 +203,7 @@ def main() -> None:
     bad = [m for m in models if not m.get("name") or not m.get("port")]
     if bad:
         module.fail_json(msg=f"each model needs a name and a port (normalize them first): {bad[0]!r}")
-    rows = [model_row(m, p["report_dir"], p["timeout"]) for m in models]
+    rows = [model_row(m, p["report_dir"], p["timeout"], p["host"]) for m in models]
     names = {m["name"] for m in p["models"] if m.get("name")}
     module.exit_json(changed=False, rows=rows, unmanaged_units=unmanaged_units(p["unit_dir"], names))
 

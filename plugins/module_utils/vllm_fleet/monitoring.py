@@ -231,7 +231,8 @@ def _cells(row: dict) -> dict[str, str]:
         "revision": revision[:12] or "-",
         "vllm_version": dash(row.get("vllm_version")),
         "uptime": uptime_text(row.get("uptime_s")),
-        "requests_served": dash(row.get("requests_served")),
+        # A cluster's worker (docs/multinode.md) serves through its head: the head's row has the figures.
+        "requests_served": f"via {row['served_by']}" if row.get("served_by") else dash(row.get("requests_served")),
         "kv_cache": "-" if kv is None else f"{kv * 100:.1f}%",
         "requests": "-"
         if row.get("requests_running") is None
