@@ -40,10 +40,11 @@ def vllm_serve_argv(model, bin_dir, models_root, bind_address, host=None):
     return [f"{bin_dir}/vllm", "serve", model_dir, *where, *vllm_argv(model.get("flags")), *vllm_argv(part)]
 
 
-def vllm_cluster_environment(model, host):
-    """The environment a cluster member's unit adds (VLLM_HOST_IP); {} for a single-host model."""
+def vllm_cluster_environment(model, host, interface="", device="cuda"):
+    """The environment a cluster member's unit adds (cluster.member_environment); {} for a
+    single-host model."""
     try:
-        return cluster.member_flags(model, str(host))[1] if model.get("cluster") else {}
+        return cluster.member_environment(model, str(host), str(interface or ""), str(device))
     except cluster.ClusterError as e:
         raise AnsibleFilterError(str(e)) from e
 

@@ -133,7 +133,7 @@ def test_the_head_answers_with_both_stages_and_the_worker_runs_headless(cluster,
     assert "--nnodes 2 --node-rank 1 " + master + " --headless" in worker_line
     for host in cluster.hosts:
         env = testhosts.ssh(host, "systemctl show -p Environment --value vllm-tiny-pp").stdout
-        assert f"VLLM_HOST_IP={host.cluster_address}" in env
+        assert f"VLLM_HOST_IP={host.cluster_address}" in env and "GLOO_SOCKET_IFNAME=eth1" in env, env
     answer = chat(cluster.head)
     assert answer["choices"][0]["message"]["content"], answer
     # The head's engine ran a pipeline of two stages, one layer each, the second on the worker.

@@ -177,6 +177,16 @@ def test_each_members_unit_runs_its_part_and_only_the_head_serves_the_api():
         "--headless",
     ]
     assert vllm_cluster_environment(model, "t4-node-08") == {"VLLM_HOST_IP": "10.0.0.8"}
+    assert vllm_cluster_environment(model, "t4-node-08", "eth1", "cpu") == {
+        "VLLM_HOST_IP": "10.0.0.8",
+        "GLOO_SOCKET_IFNAME": "eth1",
+    }
+    assert vllm_cluster_environment(model, "t4-node-07", "bond1", "cuda") == {
+        "VLLM_HOST_IP": "10.0.0.7",
+        "GLOO_SOCKET_IFNAME": "bond1",
+        "NCCL_SOCKET_IFNAME": "bond1",
+    }
+    assert vllm_cluster_environment(dict(model, cluster=None), "t4-node-07", "eth1") == {}
     assert cluster.is_head(model, "t4-node-07") and not cluster.is_head(model, "t4-node-08")
 
 

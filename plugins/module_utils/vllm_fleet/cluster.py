@@ -104,6 +104,23 @@ def member_flags(model: dict, host: str) -> tuple[dict, dict]:
     return flags, {"VLLM_HOST_IP": addresses[host]}
 
 
+def member_environment(model: dict, host: str, interface: str = "", device: str = "cuda") -> dict:
+    """The environment the host's unit adds for its part in the model's cluster; {} for a
+    single-host model. ``interface``: the one that carries the host's cluster address.
+
+    VLLM_HOST_IP: vLLM binds its control sockets to it and tells the other nodes (member_flags).
+    GLOO_SOCKET_IFNAME: torch.distributed's gloo, which vLLM uses across the nodes on CPUs and for
+    its CPU-side groups on GPUs, otherwise announces the address the host's name resolves to:
+    127.0.1.1 on a Debian host ("Gloo connectFullMesh failed ... remote=[127.0.1.1]", seen on the
+    test hosts). NCCL_SOCKET_IFNAME: NCCL's bootstrap, on GPUs, for the same reason."""
+    _flags, env = member_flags(model, host)
+    if env and interface:
+        env["GLOO_SOCKET_IFNAME"] = interface
+        if device == "cuda":
+            env["NCCL_SOCKET_IFNAME"] = interface
+    return env
+
+
 def gpus_per_member(model: dict) -> int | None:
     """GPUs each member gives the model: tp x pp spread evenly over the hosts (None when uneven)."""
     flags, cluster = model.get("flags") or {}, model.get("cluster")
