@@ -64,8 +64,8 @@ class CallbackModule(CallbackBase):
         self.status_seen = False
 
     def v2_playbook_on_play_start(self, play) -> None:
-        # Only the rollout plays (deploy.yml, rollback.yml) declare the batch sizes.
-        if "vllm_rollout_serial" in (play.vars or {}):
+        # Only the rollout plays (deploy.yml, rollback.yml) declare how many failed hosts stop them.
+        if "vllm_rollout_max_fail_percentage" in (play.vars or {}):
             self.rollout_play_seen = True
 
     def _collect(self, result) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 import urllib.error
@@ -40,7 +41,16 @@ def cluster_model(hosts, revision: str = "v1") -> dict:
         "revision": revision,
         "port": 8000,
         "cluster": {"hosts": [h.name for h in hosts]},
-        "flags": {"dtype": "bfloat16", "max-model-len": 512, "enforce-eager": True, "pipeline-parallel-size": 2},
+        # Not --enforce-eager: vLLM 0.32's CPU worker then skips the profiling run that allocates a
+        # later stage's buffer for the stage before's output, and the first request fails
+        # (AssertionError in sync_and_gather_intermediate_tensors; rule cpu-pp-eager). Traced once
+        # by dynamo and run eagerly instead: no C++ compiler on the hosts, as inductor would need.
+        "flags": {
+            "dtype": "bfloat16",
+            "max-model-len": 512,
+            "pipeline-parallel-size": 2,
+            "compilation-config": {"mode": 2, "backend": "eager"},
+        },
     }
 
 
@@ -103,8 +113,13 @@ def chat(host, timeout: float = 60) -> dict:
         return json.loads(response.read())
 
 
-def unit_line(host) -> str:
-    return testhosts.ssh(host, f"grep ^ExecStart= {UNIT}").stdout
+def unit_args(host) -> list[str]:
+    """The unit's command line, as systemd splits it."""
+    return shlex.split(testhosts.ssh(host, f"grep ^ExecStart= {UNIT}").stdout.split("=", 1)[1])
+
+
+def has_run(args: list[str], run: list[str]) -> bool:
+    return any(args[i : i + len(run)] == run for i in range(len(args)))
 
 
 def started_at(host) -> str:
@@ -127,10 +142,11 @@ def deployed(cluster):
 
 
 def test_the_head_answers_with_both_stages_and_the_worker_runs_headless(cluster, deployed):
-    head_line, worker_line = unit_line(cluster.head), unit_line(cluster.worker)
-    master = f"--master-addr {cluster.head.cluster_address} --master-port 29501"
-    assert "--nnodes 2 --node-rank 0 " + master in head_line and "--headless" not in head_line
-    assert "--nnodes 2 --node-rank 1 " + master + " --headless" in worker_line
+    head_args, worker_args = unit_args(cluster.head), unit_args(cluster.worker)
+    master = ["--master-addr", cluster.head.cluster_address, "--master-port", "29501"]
+    assert has_run(head_args, ["--nnodes", "2", "--node-rank", "0", *master]), head_args
+    assert has_run(worker_args, ["--nnodes", "2", "--node-rank", "1", *master, "--headless"]), worker_args
+    assert "--headless" not in head_args
     for host in cluster.hosts:
         env = testhosts.ssh(host, "systemctl show -p Environment --value vllm-tiny-pp").stdout
         assert f"VLLM_HOST_IP={host.cluster_address}" in env and "GLOO_SOCKET_IFNAME=eth1" in env, env
@@ -165,7 +181,7 @@ def test_a_bad_change_fails_on_both_members_and_both_go_back(cluster, deployed):
     assert {rows[h.name]["result"] for h in cluster.hosts} == {"rolled back"}, rows
     v1 = cluster.hub.commit(TINY, "v1")
     for host in cluster.hosts:
-        assert f"{TINY}/{v1}" in unit_line(host), host.name
+        assert f"/{TINY}/{v1}" in unit_args(host)[2], host.name
     assert chat(cluster.head)["choices"][0]["message"]["content"]
 
 

@@ -237,6 +237,13 @@ CASES = {
         case(facts=moe(replace(AWQ, modules_not_converted=("model.layers.0.self_attn",)))),
         "safetensors headers give the real bytes",
     ),
+    "cpu-pp-eager": (
+        replace(
+            case(gpus=["T4", "T4"], pp=2, flags={"compilation-config": {"mode": 2, "backend": "eager"}}), device="cpu"
+        ),
+        replace(case(gpus=["T4", "T4"], pp=2, flags={"enforce-eager": True}), device="cpu"),
+        '"mode": 2, "backend": "eager"',
+    ),
     "pp-layers": (
         case(facts=qwen(layers=2), gpus=["T4", "T4"], pp=2),
         case(facts=qwen(layers=2), gpus=["T4", "T4", "T4"], pp=3),

