@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import time
@@ -188,8 +189,14 @@ def test_a_bad_change_fails_on_both_members_and_both_go_back(cluster, deployed):
 def test_a_worker_cut_off_from_the_cluster_fails_the_probe(cluster, deployed):
     testhosts.set_cluster_link(cluster.worker, up=False)
     try:
-        result = cluster.play("playbooks/probe.yml", "-e", "vllm_probe_request_timeout=20")
+        # The head's /health may still answer (its API server runs), its engine cannot; the worker
+        # cannot reach the head's /health at all: short timeouts, both fail.
+        timeouts = json.dumps({"vllm_probe_request_timeout": 20, "vllm_probe_health_timeout": 30})
+        result = cluster.play("playbooks/probe.yml", "-e", timeouts)
         assert result.returncode != 0, result.output[-3000:]
         assert "failed its probe" in result.output
+        recap = result.output.split("PLAY RECAP", 1)[1]
+        for host in cluster.hosts:
+            assert re.search(rf"{host.name}\s+:.*failed=1", recap), recap
     finally:
         testhosts.set_cluster_link(cluster.worker, up=True)
