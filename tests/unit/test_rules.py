@@ -96,12 +96,14 @@ BIG = {
 }
 
 
-def member(item=BIG, **over):
+def member(item=None, **over):
+    item = BIG if item is None else item
     view = {"in_inventory": True, "in_play": True, "vllm_version": "0.32.0", "vllm_device": "cuda", "model": item}
     return {**view, "gpus": None, **over}
 
 
-def cluster(host="n1", item=BIG, **members):
+def cluster(host="n1", item=None, **members):
+    item = BIG if item is None else item
     views = {"n1": member(item), "n2": member(item)}
     views.update(members)
     return rules.ClusterCase(host=host, model=normalize_model(item), members=views, vllm_version="0.32.0")
