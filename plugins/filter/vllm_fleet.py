@@ -155,9 +155,15 @@ def vllm_cluster_addressed(models, hostvars):
     return cluster.with_addresses(list(models or []), hostvars)
 
 
-def vllm_cluster_refused_peers(models, host, hostvars):
-    """The members of the host's clusters preflight refused (cluster.refused_peers)."""
-    return cluster.refused_peers(list(models or []), str(host), hostvars)
+def vllm_cluster_refused_peers(models, host, hostvars, active_hosts=None):
+    """The members of the host's clusters preflight refused or that left the play (cluster.refused_peers)."""
+    active = None if active_hosts is None else [str(h) for h in active_hosts]
+    return cluster.refused_peers(list(models or []), str(host), hostvars, active)
+
+
+def vllm_cluster_peers_without(models, host, hostvars, fact):
+    """The members of the host's clusters on which ``fact`` is not true (cluster.peers_without)."""
+    return cluster.peers_without(list(models or []), str(host), hostvars, str(fact))
 
 
 def vllm_rollout_batches(order, pending, hostvars, serial):
@@ -198,4 +204,5 @@ class FilterModule:
             "vllm_cluster_refused_peers": vllm_cluster_refused_peers,
             "vllm_rollout_batches": vllm_rollout_batches,
             "vllm_cluster_left_out": vllm_cluster_left_out,
+            "vllm_cluster_peers_without": vllm_cluster_peers_without,
         }

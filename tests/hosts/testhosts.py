@@ -463,10 +463,12 @@ def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
         state.pop(name, None)
         log(f"{name}: destroyed")
     _save_state(state)
-    if destroy_all:
-        # The hosts' own network, now that no host is on it.
-        if CLUSTER_NETNS in _run(["ip", "netns", "list"]).stdout.split():
+    # The hosts' own network, once no host is on it (a host's link left with its namespace).
+    if CLUSTER_NETNS in _run(["ip", "netns", "list"]).stdout.split():
+        links = _run(["ip", "-n", CLUSTER_NETNS, "-o", "link", "show"], check=False).stdout
+        if destroy_all or not any(f"{PREFIX}" in line.split(": ")[1] for line in links.splitlines() if ": " in line):
             _run(["ip", "netns", "delete", CLUSTER_NETNS], check=False)
+    if destroy_all:
         # Seeds a crashed session left (their owner removes them otherwise), now that no host mounts them.
         for leftover in seeds.existing(STATE_DIR):
             if seeds.remove(leftover):
@@ -526,7 +528,7 @@ def leftovers() -> list[str]:
     found.extend(
         f"network namespace {n}"
         for n in _run(["ip", "netns", "list"]).stdout.split()
-        if _is_host_name(n) or (n == CLUSTER_NETNS and not list_hosts())
+        if _is_host_name(n) or n == CLUSTER_NETNS
     )
     links = _run(["ip", "-o", "link", "show"]).stdout
     found.extend(

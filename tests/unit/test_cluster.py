@@ -24,7 +24,7 @@ BIG = {
     "cluster": {"hosts": ["t4-node-07", "t4-node-08"]},
     "flags": {"tensor-parallel-size": 4, "pipeline-parallel-size": 2, "dtype": "half", "max-model-len": 16384},
 }
-NODE = {"vllm_gpus": ["T4"] * 4, "vllm_version": "0.32.0", "vllm_api_key": "x"}
+NODE = {"vllm_gpus": ["T4"] * 4, "vllm_version": "0.32.0", "vllm_api_key": "x", "ansible_host": "10.0.0.9"}
 
 
 def shipped(item):
@@ -243,3 +243,25 @@ def test_a_run_that_leaves_a_member_out_or_a_refused_peer_refuses_the_host():
     ]
     assert cluster.refused_peers([BIG], "t4-node-08", hostvars) == []
     assert cluster.refused_peers([dict(BIG, state="absent")], "t4-node-07", hostvars) == []
+    # A member that failed an earlier task (its GPUs) or stopped answering left the play unjudged.
+    hostvars["t4-node-08"] = {}
+    assert cluster.refused_peers([BIG], "t4-node-07", hostvars, ["t4-node-07", "t4-node-08"]) == []
+    assert cluster.refused_peers([BIG], "t4-node-07", hostvars, ["t4-node-07"]) == [
+        "qwen72b: t4-node-08, a member of its cluster, failed or stopped answering (see above)"
+    ]
+
+
+def test_a_member_whose_peer_failed_before_its_units_were_in_place_stops_too():
+    ready = {"t4-node-07": {"deploy_units_in_place": True}, "t4-node-08": {"deploy_units_in_place": True}}
+    assert cluster.peers_without([BIG], "t4-node-07", ready, "deploy_units_in_place") == []
+    behind = {"t4-node-07": {"deploy_units_in_place": True}, "t4-node-08": {}}
+    (words,) = cluster.peers_without([BIG], "t4-node-07", behind, "deploy_units_in_place")
+    assert "t4-node-08 failed before its units were in place" in words
+    assert cluster.peers_without([dict(BIG, cluster=None)], "t4-node-07", behind, "deploy_units_in_place") == []
+
+
+def test_clusters_that_share_a_host_are_one_unit():
+    order = ["a", "b", "c", "d"]
+    plan = cluster.batches(order, ["a"], [["a", "b"], ["b", "c"]], [1, "100%"])
+    assert plan["hosts"] == ["a", "b", "c"] and plan["serial"] == [3]
+    assert plan["joined"] == {"b": "a", "c": "b"}

@@ -93,6 +93,23 @@ def test_one_stage_is_the_plan_it_always_was():
         plan.kv_cache_gib,
         plan.num_blocks,
     )
+    # The figures the planner gave before it planned stages (8f3b8b1), to the block.
+    figures = (plan.weights_gib_per_gpu, plan.kv_cache_gib, plan.num_blocks, plan.kv_tokens, plan.max_model_len_fit)
+    assert figures == (9.69, 2.0, 1635, 26160, 8192)
+    assert (plan.activation_gib, plan.cuda_graph_gib) == (0.21, 1.25)
+
+
+def test_the_stage_with_most_memory_can_be_the_one_with_fewest_blocks():
+    # Qwen2.5-7B's 28 layers over 3 stages: 9, 10, 9 (vLLM's split). The middle stage holds neither
+    # the embedding nor lm_head, so it has the most memory left, but caches 10 layers: it affords
+    # the fewest blocks, and every stage gets its count.
+    plan = plan_memory(facts("Qwen/Qwen2.5-7B-Instruct"), T4, pp=3, max_model_len=4096)
+    first, middle, last = plan.stages
+    assert [st["layers"] for st in plan.stages] == [[0, 9], [9, 19], [19, 28]]
+    assert middle["kv_cache_gib"] > max(first["kv_cache_gib"], last["kv_cache_gib"])
+    assert middle["num_blocks"] < min(first["num_blocks"], last["num_blocks"])
+    assert middle["limits_kv_cache"] and plan.num_blocks == middle["num_blocks"]
+    assert plan.kv_cache_gib == middle["kv_cache_gib"]
 
 
 def test_weights_too_big_for_a_stage_name_the_stage():

@@ -99,7 +99,7 @@ BIG = {
 def member(item=None, **over):
     item = BIG if item is None else item
     view = {"in_inventory": True, "in_play": True, "vllm_version": "0.32.0", "vllm_device": "cuda", "model": item}
-    return {**view, "gpus": None, **over}
+    return {**view, "gpus": None, "address": "10.0.0.1", **over}
 
 
 def cluster(host="n1", item=None, **members):
@@ -267,6 +267,11 @@ CASES = {
         cluster(),
         cluster(n2=member(vllm_version="0.26.0")),
         "n2 would run big on vLLM 0.26.0 on cuda",
+    ),
+    "cluster-address-ip": (
+        cluster(),
+        cluster(n2=member(address="t4-node-08.example")),
+        "set vllm_cluster_address for n2 to its IP address",
     ),
     "cluster-gpus-split": (
         cluster(),

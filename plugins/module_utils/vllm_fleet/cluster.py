@@ -16,6 +16,8 @@ module never reads the inventory itself: callers hand it each member's view (``m
 
 from __future__ import annotations
 
+import ipaddress
+
 # vLLM's own default for --master-port (vllm/engine/arg_utils.py): where node 0's torch.distributed
 # store listens for the other nodes.
 DEFAULT_MASTER_PORT = 29501
@@ -25,7 +27,7 @@ DEFAULT_MASTER_PORT = 29501
 CLUSTER_FLAGS = ("distributed-executor-backend", "nnodes", "node-rank", "master-addr", "master-port", "headless")
 
 # What every member's copy of the model item must share: the same weights, flags and GPUs per host.
-SHARED_FIELDS = ("model", "revision", "flags", "gpus", "cluster", "state")
+SHARED_FIELDS = ("model", "revision", "port", "flags", "gpus", "cluster", "state")
 
 
 class ClusterError(ValueError):
@@ -129,6 +131,20 @@ def gpus_per_member(model: dict) -> int | None:
     return world // nodes if world % nodes == 0 else None
 
 
+def member_address(own, name: str) -> str:
+    """A member's address on the members' network: vllm_cluster_address, else ansible_host, else
+    its inventory name (``own``: the member's variables)."""
+    return str(own.get("vllm_cluster_address") or own.get("ansible_host") or name)
+
+
+def is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def with_addresses(models: list, hostvars) -> list:
     """The items with each cluster's member addresses filled from the members' variables:
     vllm_cluster_address, else ansible_host, else the inventory name (see normalize_cluster)."""
@@ -141,7 +157,7 @@ def with_addresses(models: list, hostvars) -> list:
         addresses = {}
         for member in spec["hosts"]:
             own = hostvars[member] if isinstance(member, str) and member in hostvars else {}
-            addresses[member] = str(own.get("vllm_cluster_address") or own.get("ansible_host") or member)
+            addresses[member] = member_address(own, member)
         out.append(dict(item, cluster=dict(spec, addresses=addresses)))
     return out
 
@@ -176,6 +192,7 @@ def member_views(models: list, hostvars, play_hosts: list, default_vllm_version:
                 "vllm_device": str(own.get("vllm_device") or "cuda"),
                 "model": same[0] if same else None,
                 "gpus": found.get("gpus") if isinstance(found, dict) else None,
+                "address": member_address(own, member),
             }
         views[str(item.get("name"))] = members
     return views
@@ -227,9 +244,14 @@ def batches(order: list[str], pending: list[str], clusters: list[list[str]], ser
         if host not in pending_set or host in placed:
             continue
         unit = [host]
-        for members in clusters:
-            if host in members:
-                unit += [m for m in members if m not in unit and m in order and m not in placed]
+        grown = True
+        while grown:  # clusters that share a host are one unit: a connected component
+            grown = False
+            for members in clusters:
+                if any(m in unit for m in members):
+                    more = [m for m in members if m not in unit and m in order and m not in placed]
+                    unit += more
+                    grown = grown or bool(more)
         units.append(unit)
         placed.update(unit)
     items = list(serial) if isinstance(serial, (list, tuple)) else [serial]
@@ -245,10 +267,12 @@ def batches(order: list[str], pending: list[str], clusters: list[list[str]], ser
     return {"hosts": [h for u in units for h in u], "serial": sizes, "joined": joined}
 
 
-def refused_peers(models: list, host: str, hostvars) -> list[str]:
+def refused_peers(models: list, host: str, hostvars, active_hosts: list | None = None) -> list[str]:
     """For each cluster model of ``host``: the members preflight refused (their registered
-    vllm_preflight_result failed). A member cannot serve its stages alone, so their refusal is
-    this host's too."""
+    vllm_preflight_result failed) or that left the play before it judged them (``active_hosts``:
+    the play's hosts still running; a member in the inventory but not among them failed an earlier
+    task or stopped answering). A member cannot serve its stages alone, so their refusal is this
+    host's too."""
     out = []
     for item in models or []:
         spec = item.get("cluster") if isinstance(item, dict) else None
@@ -261,6 +285,10 @@ def refused_peers(models: list, host: str, hostvars) -> list[str]:
             result = hostvars[member].get("vllm_preflight_result")
             if isinstance(result, dict) and result.get("failed"):
                 out.append(f"{item.get('name')}: {member}, a member of its cluster, was refused (its errors are above)")
+            elif active_hosts is not None and member not in active_hosts:
+                out.append(
+                    f"{item.get('name')}: {member}, a member of its cluster, failed or stopped answering (see above)"
+                )
     return out
 
 
@@ -278,5 +306,23 @@ def left_out(models: list, play_hosts: list) -> list[str]:
             out.append(
                 f"{item.get('name')} runs across {', '.join(hosts)}; this run leaves out {', '.join(missing)}"
                 f" -- fix: run with -l {','.join(hosts)}"
+            )
+    return out
+
+
+def peers_without(models: list, host: str, hostvars, fact: str) -> list[str]:
+    """For each cluster model of ``host``: the other members on which ``fact`` is not true (a
+    member that failed, or fell behind, before the point of the run that sets it)."""
+    out = []
+    for item in models or []:
+        spec = item.get("cluster") if isinstance(item, dict) else None
+        hosts = spec.get("hosts") if isinstance(spec, dict) else None
+        if not isinstance(hosts, list) or (item.get("state") or "present") != "present":
+            continue
+        behind = [m for m in hosts if m != host and not (m in hostvars and hostvars[m].get(fact) is True)]
+        if behind:
+            out.append(
+                f"{item.get('name')} runs across {', '.join(hosts)}: {', '.join(behind)} failed before "
+                "its units were in place, so this member does not prove or keep a half-changed cluster"
             )
     return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from . import quantization, revisions, systemd, vllm_architectures
 from .architectures import ARCHITECTURES
-from .cluster import SHARED_FIELDS, gpus_per_member
+from .cluster import SHARED_FIELDS, gpus_per_member, is_ip_address
 from .gpus import cc_int, has_bf16
 from .inventory import InventoryError, normalize_model
 from .model_facts import ModelFacts, kv_heads_per_rank
@@ -446,6 +446,14 @@ def check_cluster_same_runtime(case: ClusterCase) -> list[dict]:
                 }
             )
     return out
+
+
+def check_cluster_address_ip(case: ClusterCase) -> list[dict]:
+    return [
+        {"model": case.model["name"], "member": m, "address": view["address"]}
+        for m, view in sorted(case.members.items())
+        if view.get("in_inventory") and view.get("address") and not is_ip_address(str(view["address"]))
+    ]
 
 
 def check_cluster_gpus_split(case: ClusterCase) -> list[dict]:
@@ -1530,6 +1538,18 @@ RULES: tuple[Rule, ...] = (
         "{member} would run {model} on {theirs}, this host on {ours}",
         "set vllm_version and vllm_device alike for every member of the cluster of {model}",
         check_cluster_same_runtime,
+    ),
+    Rule(
+        "cluster-address-ip",
+        "cluster",
+        "Every member's address on the members' network (vllm_cluster_address, else ansible_host) is an IP address.",
+        "vLLM binds its sockets to VLLM_HOST_IP and hands --master-addr to torch.distributed, and the "
+        "service role finds the interface that holds the address (for gloo and NCCL): a name is none of "
+        "these.",
+        ("vllm/utils/network_utils.py",),
+        "{model}: {member}'s address on its cluster's network is {address}, not an IP address",
+        "set vllm_cluster_address for {member} to its IP address on the network the members share",
+        check_cluster_address_ip,
     ),
     Rule(
         "cluster-gpus-split",
