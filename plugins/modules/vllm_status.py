@@ -151,7 +151,7 @@ def model_row(model: dict, report_dir: str, timeout: float, host: str = "") -> d
     entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
     if props.get("ActiveState") == "active" and entered:
         row["uptime_s"] = round(monotonic_now_s() - entered / 1e6, 1)
-    if not is_head(model, host):
+    if host and not is_head(model, host):
         # A cluster's worker runs headless (docs/multinode.md): no API here; its head answers.
         row["served_by"] = model["cluster"]["hosts"][0]
         return row

@@ -135,10 +135,21 @@ def test_a_limit_that_splits_the_cluster_is_refused_before_any_change(cluster):
     assert testhosts.ssh(cluster.head, f"test -e {UNIT}", check=False).returncode != 0, "preflight let a change through"
 
 
+def failures(output: str) -> str:
+    """The failed tasks of a run (the first failure is often far from its end), then its end."""
+    lines = output.splitlines()
+    picked = [
+        "\n".join(lines[max(i - 3, 0) : i + 2])
+        for i, line in enumerate(lines)
+        if line.startswith(("failed: [", "fatal: ["))
+    ]
+    return "\n---\n".join(picked)[:6000] + "\n=== end of the run ===\n" + output[-3000:]
+
+
 @pytest.fixture(scope="module")
 def deployed(cluster):
     result = cluster.play("site.yml")
-    assert result.returncode == 0, result.output[-8000:]
+    assert result.returncode == 0, failures(result.output)
     return result
 
 

@@ -370,8 +370,8 @@ def check_cpu_pp_eager(case: Case) -> list[dict]:
         why = "--enforce-eager"
     elif flags.get("enable-lora"):
         why = "--enable-lora (the CPU platform then turns compilation off)"
-    elif _compilation_mode(flags) in (0, "0", "NONE"):
-        why = "compilation mode 0"
+    elif _compilation_mode(flags) in (0, "0", "NONE") or flags.get("optimization-level") in (0, "0"):
+        why = "compilation turned off (mode or optimization level 0)"
     else:
         return []
     return [{"pp": case.pp, "why": why}]
