@@ -206,14 +206,22 @@ def _serial_size(value, total: int) -> int:
     return int(value)
 
 
+def present_clusters(models: list | None):
+    """(item, cluster hosts as written) of each present item of ``models`` that names a cluster;
+    items as the inventory writes them, so anything malformed is skipped (normalize_cluster names it)."""
+    for item in models or []:
+        spec = item.get("cluster") if isinstance(item, dict) else None
+        hosts = spec.get("hosts") if isinstance(spec, dict) else None
+        if isinstance(hosts, list) and (item.get("state") or "present") == "present":
+            yield item, hosts
+
+
 def clusters_of(hosts_models: dict) -> list[list[str]]:
     """The clusters among the hosts' models ({host: vllm_models}), each its hosts in order, once."""
     seen: list[list[str]] = []
     for models in hosts_models.values():
-        for item in models or []:
-            spec = item.get("cluster") if isinstance(item, dict) else None
-            hosts = spec.get("hosts") if isinstance(spec, dict) else None
-            if isinstance(hosts, list) and hosts not in seen and (item.get("state") or "present") == "present":
+        for _item, hosts in present_clusters(models):
+            if [str(h) for h in hosts] not in seen:
                 seen.append([str(h) for h in hosts])
     return seen
 
@@ -274,11 +282,7 @@ def refused_peers(models: list, host: str, hostvars, active_hosts: list | None =
     task or stopped answering). A member cannot serve its stages alone, so their refusal is this
     host's too."""
     out = []
-    for item in models or []:
-        spec = item.get("cluster") if isinstance(item, dict) else None
-        hosts = spec.get("hosts") if isinstance(spec, dict) else None
-        if not isinstance(hosts, list) or (item.get("state") or "present") != "present":
-            continue
+    for item, hosts in present_clusters(models):
         for member in hosts:
             if member == host or not isinstance(member, str) or member not in hostvars:
                 continue
@@ -296,11 +300,7 @@ def left_out(models: list, play_hosts: list) -> list[str]:
     """For each cluster model of a host: the members this run leaves out (a rollback of half a
     cluster would leave its members on different versions)."""
     out = []
-    for item in models or []:
-        spec = item.get("cluster") if isinstance(item, dict) else None
-        hosts = spec.get("hosts") if isinstance(spec, dict) else None
-        if not isinstance(hosts, list) or (item.get("state") or "present") != "present":
-            continue
+    for item, hosts in present_clusters(models):
         missing = [h for h in hosts if h not in play_hosts]
         if missing:
             out.append(
@@ -314,11 +314,7 @@ def peers_without(models: list, host: str, hostvars, fact: str) -> list[str]:
     """For each cluster model of ``host``: the other members on which ``fact`` is not true (a
     member that failed, or fell behind, before the point of the run that sets it)."""
     out = []
-    for item in models or []:
-        spec = item.get("cluster") if isinstance(item, dict) else None
-        hosts = spec.get("hosts") if isinstance(spec, dict) else None
-        if not isinstance(hosts, list) or (item.get("state") or "present") != "present":
-            continue
+    for item, hosts in present_clusters(models):
         behind = [m for m in hosts if m != host and not (m in hostvars and hostvars[m].get(fact) is True)]
         if behind:
             out.append(

@@ -386,6 +386,14 @@ def _cluster_hosts(case: ClusterCase) -> list[str]:
     return case.model["cluster"]["hosts"]
 
 
+def _peer_views(case: ClusterCase):
+    """(member, view) of each other member of the cluster that is in the inventory."""
+    for member in _cluster_hosts(case):
+        view = case.members.get(member) or {}
+        if member != case.host and view.get("in_inventory"):
+            yield member, view
+
+
 def check_cluster_host_named(case: ClusterCase) -> list[dict]:
     hosts = _cluster_hosts(case)
     if case.host in hosts:
@@ -411,10 +419,7 @@ def check_cluster_in_play(case: ClusterCase) -> list[dict]:
 
 def check_cluster_same_model(case: ClusterCase) -> list[dict]:
     out = []
-    for member in _cluster_hosts(case):
-        view = case.members.get(member) or {}
-        if member == case.host or not view.get("in_inventory"):
-            continue
+    for member, view in _peer_views(case):
         if view.get("model") is None:
             out.append({"model": case.model["name"], "member": member, "differs": "has no such model in vllm_models"})
             continue
@@ -431,10 +436,7 @@ def check_cluster_same_model(case: ClusterCase) -> list[dict]:
 
 def check_cluster_same_runtime(case: ClusterCase) -> list[dict]:
     out = []
-    for member in _cluster_hosts(case):
-        view = case.members.get(member) or {}
-        if member == case.host or not view.get("in_inventory"):
-            continue
+    for member, view in _peer_views(case):
         theirs = (view.get("vllm_version"), view.get("vllm_device"))
         if theirs != (case.vllm_version, case.vllm_device):
             out.append(
