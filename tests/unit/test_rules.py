@@ -271,7 +271,7 @@ CASES = {
     "cluster-address-ip": (
         cluster(),
         cluster(n2=member(address="t4-node-08.example")),
-        "set vllm_cluster_address for n2 to its IP address",
+        "set vllm_cluster_address for n2 to its IPv4 address",
     ),
     "cluster-gpus-split": (
         cluster(),
@@ -441,3 +441,9 @@ def test_moe_tp_fixes_name_the_tps_that_work_and_expert_parallel():
     assert hit["fix"] == "use tp 1, 2, or --enable-expert-parallel (whole experts per GPU, none split)"
     ep = replace(CASES["moe-wna16-block-k"][1], flags={"enable-expert-parallel": True})
     assert _hits("moe-wna16-block-k", ep) == []  # whole experts: the 768 width is not split
+
+
+def test_an_ipv6_cluster_address_is_refused_not_deployed_untested():
+    # Clusters were measured on IPv4 only; the service role looks the interface up with `ip -4`.
+    refused = _hits("cluster-address-ip", cluster(n2=member(address="fd00:78::2")))
+    assert refused and "fd00:78::2, not an IPv4 address" in refused[0]["message"], refused

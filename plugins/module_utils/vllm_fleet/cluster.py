@@ -137,9 +137,11 @@ def member_address(own, name: str) -> str:
     return str(own.get("vllm_cluster_address") or own.get("ansible_host") or name)
 
 
-def is_ip_address(value: str) -> bool:
+def is_ipv4_address(value: str) -> bool:
+    # IPv4 only: the members' network was measured on IPv4 (docs/multinode.md), and the service role
+    # finds the address's interface with `ip -4`; an IPv6 cluster is refused, not guessed at.
     try:
-        ipaddress.ip_address(value)
+        ipaddress.IPv4Address(value)
     except ValueError:
         return False
     return True

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from . import quantization, revisions, systemd, vllm_architectures
 from .architectures import ARCHITECTURES
-from .cluster import SHARED_FIELDS, gpus_per_member, is_ip_address
+from .cluster import SHARED_FIELDS, gpus_per_member, is_ipv4_address
 from .gpus import cc_int, has_bf16
 from .inventory import InventoryError, normalize_model
 from .model_facts import ModelFacts, kv_heads_per_rank
@@ -454,7 +454,7 @@ def check_cluster_address_ip(case: ClusterCase) -> list[dict]:
     return [
         {"model": case.model["name"], "member": m, "address": view["address"]}
         for m, view in sorted(case.members.items())
-        if view.get("in_inventory") and view.get("address") and not is_ip_address(str(view["address"]))
+        if view.get("in_inventory") and view.get("address") and not is_ipv4_address(str(view["address"]))
     ]
 
 
@@ -1544,13 +1544,15 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "cluster-address-ip",
         "cluster",
-        "Every member's address on the members' network (vllm_cluster_address, else ansible_host) is an IP address.",
+        "Every member's address on the members' network (vllm_cluster_address, else ansible_host) is an "
+        "IPv4 address.",
         "vLLM binds its sockets to VLLM_HOST_IP and hands --master-addr to torch.distributed, and the "
         "service role finds the interface that holds the address (for gloo and NCCL): a name is none of "
-        "these.",
+        "these. Clusters were measured on IPv4 only (docs/multinode.md); an IPv6 address is refused "
+        "rather than deployed untested.",
         ("vllm/utils/network_utils.py",),
-        "{model}: {member}'s address on its cluster's network is {address}, not an IP address",
-        "set vllm_cluster_address for {member} to its IP address on the network the members share",
+        "{model}: {member}'s address on its cluster's network is {address}, not an IPv4 address",
+        "set vllm_cluster_address for {member} to its IPv4 address on the network the members share",
         check_cluster_address_ip,
     ),
     Rule(
