@@ -1,8 +1,13 @@
-"""`vllm-fleet check MODEL --gpu T4 [--gpu-count N] [vllm serve flags...] [--json]`.
+"""`vllm-fleet check MODEL --gpu T4 [--gpu-count N] [--calibration FILE] [vllm serve flags...] [--json]`
+and `vllm-fleet calibrate RECORDS... [--write FILE] [--json]`.
 
-MODEL is a local model directory, a path to a config.json, or a repo id (owner/name) found in
-model_configs/ or fetched from the hub. Every other argument is a `vllm serve` flag, spelled as
+check: MODEL is a local model directory, a path to a config.json, or a repo id (owner/name) found
+in model_configs/ or fetched from the hub. Every other argument is a `vllm serve` flag, spelled as
 vLLM spells it. Exit status 0 when the command would start, 1 when refused, 2 on bad input.
+
+calibrate: the start records a fleet keeps (JSON lines, calibration.py) in, per GPU and vLLM
+version the planner's error on them and the terms that bring its mean to zero out; --write saves
+those terms as a calibration file for check --calibration and preflight. Exit 0, or 2 on bad input.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import json
 import sys
 
+from .calibration import CalibrationError, calibrate, format_calibration, load_calibration, read_records
 from .gpus import UnknownGPUError, resolve
 from .hub_configs import ModelIdError, load_facts, looks_local, validate_repo_id
 from .model_facts import ModelConfigError
@@ -79,7 +85,45 @@ def _parser() -> argparse.ArgumentParser:
         help="plan an architecture vLLM supports but the planner does not model: flags and GPUs are "
         "checked, memory is not (the plan says so)",
     )
+    c.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help="plan with the terms this calibration file (vllm-fleet calibrate --write) holds for the GPU "
+        "and vLLM version; the plan says which terms and from how many starts",
+    )
+    k = sub.add_parser(
+        "calibrate",
+        help="fit the planner's overhead terms to recorded starts of vLLM",
+        description="Per GPU and vLLM version: the planner's error on the recorded starts, before "
+        "and after the fitted terms.",
+    )
+    k.add_argument("records", nargs="+", help="start records (JSON lines) the probe kept")
+    k.add_argument("--write", default=None, metavar="FILE", help="save the fitted terms as a calibration file")
+    k.add_argument("--json", action="store_true", help="print the calibration as JSON")
     return p
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise CalibrationError(f"{path}: {e.strerror}") from e
+
+
+def calibrate_command(args) -> int:
+    try:
+        records = read_records([(path, _read(path)) for path in args.records])
+    except CalibrationError as e:
+        sys.stderr.write(f"vllm-fleet: {e}\n")
+        return 2
+    result = calibrate(records)
+    if args.write:
+        with open(args.write, "w", encoding="utf-8") as f:
+            f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    sys.stdout.write((json.dumps(result, indent=2) if args.json else format_calibration(result)) + "\n")
+    return 0
 
 
 def check_command(args, serve_argv: list[str]) -> int:
@@ -93,14 +137,21 @@ def check_command(args, serve_argv: list[str]) -> int:
         return 2
     try:
         validate_inputs(args, flags)
+        calibration = load_calibration(_read(args.calibration), args.calibration) if args.calibration else None
         facts = load_facts(args.model, args.revision, fetch=not args.no_fetch)
-    except (BadInput, ModelConfigError) as e:
+    except (BadInput, ModelConfigError, CalibrationError) as e:
         sys.stderr.write(f"vllm-fleet: {e}\n")
         return 2
     tp = int(flags.get("tensor-parallel-size") or 1) * int(flags.get("pipeline-parallel-size") or 1)
     count = args.gpu_count if args.gpu_count is not None else tp
     plan = check(
-        facts, [args.gpu] * count, flags, args.vllm_version, name=args.model, allow_unmodeled=args.allow_unmodeled
+        facts,
+        [args.gpu] * count,
+        flags,
+        args.vllm_version,
+        name=args.model,
+        allow_unmodeled=args.allow_unmodeled,
+        calibration=calibration,
     )
     # A CLI's output, not a module's: module_utils forbids print() (ansible-test's pylint).
     sys.stdout.write((json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan)) + "\n")
@@ -111,4 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = _parser().parse_known_args(argv)
     if args.command == "check":
         return check_command(args, rest)
+    if args.command == "calibrate":
+        if rest:
+            sys.stderr.write(f"vllm-fleet: unexpected arguments {rest}\n")
+            return 2
+        return calibrate_command(args)
     return 2

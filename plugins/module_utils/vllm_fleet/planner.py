@@ -151,6 +151,12 @@ class MemoryPlan:
     # One per pipeline stage: its layers [start, end), weights, activation, CUDA-graph and KV-cache
     # GiB per GPU, and the blocks its own memory affords (vLLM gives all stages the fewest).
     stages: list = field(default_factory=list)
+    # Whether vLLM subtracts the CUDA-graph estimate before sizing the KV cache (not eager, >= 0.21):
+    # kv_cache_gib = requested - weights - activation - non_torch - (cuda_graph if counted).
+    graphs_counted: bool = False
+    # The terms a calibration file replaced (calibration.py): {term: {value, starts, source}};
+    # empty when the built-in terms stand.
+    calibrated: dict = field(default_factory=dict)
 
     @property
     def max_concurrency(self) -> float:
@@ -552,6 +558,26 @@ def kwargs_from_flags(flags: dict) -> dict:
     return {keyword: flags[flag] for flag, keyword in FLAG_KEYWORDS.items() if flag in flags}
 
 
+# The terms a calibration file may replace (calibration.py fits them from recorded starts).
+CALIBRATED_TERMS = ("non_torch_gib", "activation_scale", "cuda_graph_scale")
+
+
+def calibrated_terms(calibration: dict | None) -> tuple[int, float, float]:
+    """Non-torch bytes and the activation and CUDA-graph scales: a calibration's, else built in."""
+    terms = calibration or {}
+
+    def value(name: str):
+        entry = terms.get(name)
+        return float(entry["value"]) if isinstance(entry, dict) and entry.get("value") is not None else None
+
+    non_torch = value("non_torch_gib")
+    return (
+        NON_TORCH_BYTES if non_torch is None else int(non_torch * GIB),
+        value("activation_scale") or 1.0,
+        value("cuda_graph_scale") or 1.0,
+    )
+
+
 def plan_memory(
     facts,
     gpu,
@@ -571,6 +597,7 @@ def plan_memory(
     cpu_offload_gb: float = 0.0,
     max_loras: int = 0,
     max_lora_rank: int = 16,
+    calibration: dict | None = None,
     _suggest: bool = True,
 ) -> MemoryPlan:
     """Predict vLLM's per-GPU memory budget for ``facts`` on ``gpu`` (see the module docstring).
@@ -579,6 +606,8 @@ def plan_memory(
     compute_capability. ``max_model_len=None`` is the model's own maximum, as vLLM derives it.
     ``max_num_seqs`` / ``max_num_batched_tokens`` default to what the OpenAI server picks on this
     GPU; ``gpu_memory_utilization`` to vLLM's own default (rules.DEFAULT_GPU_MEMORY_UTILIZATION).
+    ``calibration``: the terms a calibration file holds for this GPU and vLLM version
+    (calibration.terms_for); None keeps the built-in terms.
     """
     if tp < 1 or pp < 1:
         raise ValueError(f"tp and pp must be ≥ 1, got tp {tp}, pp {pp}")
@@ -599,6 +628,7 @@ def plan_memory(
     requested = math.ceil(total * gpu_memory_utilization)
     ep = expert_parallel and facts.is_moe
     graphs_counted = not enforce_eager and version_tuple(vllm_version) >= (0, 21)
+    non_torch_bytes, activation_scale, graph_scale = calibrated_terms(calibration)
     kv_heads = kv_heads_per_rank(facts, tp)
     page = 2 * block_size * kv_heads * facts.head_dim * kv_dtype_bytes  # one layer, one block
     layer_counts = pp_partition(facts.num_hidden_layers, pp)
@@ -616,7 +646,7 @@ def plan_memory(
         weights = rank_weights + kernel_repack_bytes(facts, gpu, tp, pp, dtype_bytes, ep, stage)
         weights -= offloaded_bytes(facts, tp, rank_weights, cpu_offload_gb)
         weights += lora_bytes(facts, tp, pp, dtype_bytes, max_loras, max_lora_rank, ep, stage)
-        activation = activation_bytes(
+        activation = activation_scale * activation_bytes(
             facts,
             tp,
             tokens,
@@ -626,8 +656,8 @@ def plan_memory(
             expert_parallel=ep,
             v1_runner=uses_v1_runner(facts, vllm_version),
         )
-        graphs = cuda_graph_bytes(facts, pp, seqs, tokens, stage) if not enforce_eager else 0
-        available = requested - weights - activation - NON_TORCH_BYTES - (graphs if graphs_counted else 0)
+        graphs = graph_scale * cuda_graph_bytes(facts, pp, seqs, tokens, stage) if not enforce_eager else 0
+        available = requested - weights - activation - non_torch_bytes - (graphs if graphs_counted else 0)
         first = sum(layer_counts[:stage])
         stages.append(
             {
@@ -679,7 +709,7 @@ def plan_memory(
         )
     overhead = (
         f"{_gib(weights)} GiB of weights, {_gib(activation)} GiB of activations, "
-        f"{_gib(NON_TORCH_BYTES)} GiB non-torch"
+        f"{_gib(non_torch_bytes)} GiB non-torch"
         + (f", {_gib(graphs)} GiB of CUDA graphs" if graphs_counted and graphs else "")
     )
     if heaviest["weights"] > total - CUDA_CONTEXT_BYTES:
@@ -732,6 +762,7 @@ def plan_memory(
                 cpu_offload_gb=cpu_offload_gb,
                 max_loras=max_loras,
                 max_lora_rank=max_lora_rank,
+                calibration=calibration,
             ),
             suggested,
         )
@@ -744,7 +775,7 @@ def plan_memory(
         requested_gib=_gib(requested),
         weights_gib_per_gpu=_gib(weights),
         activation_gib=_gib(activation),
-        non_torch_gib=_gib(NON_TORCH_BYTES),
+        non_torch_gib=_gib(non_torch_bytes),
         cuda_graph_gib=_gib(graphs),
         kv_cache_gib=_gib(available),
         kv_tokens=kv_tokens if available > 0 else 0,
@@ -776,6 +807,8 @@ def plan_memory(
             }
             for st in stages
         ],
+        graphs_counted=graphs_counted,
+        calibrated={k: dict(v) for k, v in (calibration or {}).items() if k in CALIBRATED_TERMS},
     )
 
 

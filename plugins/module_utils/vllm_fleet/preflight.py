@@ -14,6 +14,8 @@ vllm_version, weights_source, moe (None for a dense model).
 from __future__ import annotations
 
 from . import cluster, layout, old_flags, quantization, revisions, rules
+from .calibration import note as calibration_note
+from .calibration import terms_for as calibration_terms_for
 from .gpus import UnknownGPUError, has_bf16, resolve, usable_bytes
 from .inventory import InventoryError, normalize_model
 from .model_facts import DTYPE_BYTES, ModelConfigError, ModelFacts, weight_bytes
@@ -53,7 +55,16 @@ def _kv_bytes(flags: dict, dtype: str) -> int:
     return DTYPE_BYTES.get(DTYPE_NAMES.get(kv, dtype), DTYPE_BYTES.get(dtype, 2))
 
 
-def _memory(facts: ModelFacts, gpus: list[dict], flags: dict, tp: int, pp: int, dtype: str, vllm_version: str):
+def _memory(
+    facts: ModelFacts,
+    gpus: list[dict],
+    flags: dict,
+    tp: int,
+    pp: int,
+    dtype: str,
+    vllm_version: str,
+    calibration: dict | None = None,
+):
     if not gpus or not rules.architecture_modeled(facts):
         return None
     gpu = min(gpus, key=usable_bytes)  # the smallest GPU bounds a TP group
@@ -79,6 +90,7 @@ def _memory(facts: ModelFacts, gpus: list[dict], flags: dict, tp: int, pp: int, 
         max_loras=int(flags.get("max-loras") or 1) if flags.get("enable-lora") else 0,
         max_lora_rank=int(flags.get("max-lora-rank") or 16),
         vllm_version=vllm_version,
+        calibration=calibration_terms_for(calibration, gpu.get("name"), vllm_version),
     )
 
 
@@ -131,11 +143,14 @@ def check(
     gpu_indices: list | None = None,
     allow_unmodeled: bool = False,
     device: str = "cuda",
+    calibration: dict | None = None,
 ) -> dict:
     """The plan for one model on ``gpus`` (the GPUs given to it: catalog names or dicts).
 
     ``allow_unmodeled``: an architecture vLLM supports but the planner does not model is planned
-    without memory figures (a warning says memory is unchecked) instead of refused."""
+    without memory figures (a warning says memory is unchecked) instead of refused.
+    ``calibration``: a calibration file's content (calibration.py); the plan uses the terms it
+    holds for these GPUs and this vLLM version, and says which (``calibration``)."""
     model = name or model_facts.name
     try:
         gpus = [resolve(g) for g in gpus]
@@ -170,7 +185,7 @@ def check(
     shape_ok = not any(e["rule"] in rules.SPLIT_RULES for e in errors)
     if shape_ok:
         try:
-            memory = _memory(model_facts, gpus, translated, tp, pp, dtype, vllm_version)
+            memory = _memory(model_facts, gpus, translated, tp, pp, dtype, vllm_version, calibration)
         except ValueError as e:
             errors.append(
                 {
@@ -182,7 +197,9 @@ def check(
         case.memory = memory
         if memory is not None and translated.get("max-model-len"):
             # "The largest safe --max-model-len" is the model's, not capped by the one asked for.
-            widest = _memory(model_facts, gpus, {**translated, "max-model-len": None}, tp, pp, dtype, vllm_version)
+            widest = _memory(
+                model_facts, gpus, {**translated, "max-model-len": None}, tp, pp, dtype, vllm_version, calibration
+            )
             fit_len = widest.max_model_len_suggested if widest else None
         else:
             fit_len = memory.max_model_len_suggested if memory else None
@@ -212,6 +229,10 @@ def check(
         "moe": _moe_summary(model_facts, tp, bool(translated.get("enable-expert-parallel"))),
         # Per pipeline stage (pp > 1): its layers and its own budget; the one that limits the KV cache.
         "stages": memory.stages if memory and pp > 1 else [],
+        # The budget of the GPU that limits the KV cache, term by term: what a start's record keeps
+        # beside what vLLM reported, and what `vllm-fleet calibrate` fits (calibration.py).
+        "terms": budget_terms(memory) if memory else None,
+        "calibration": calibration_note(calibration, gpu0["name"] if gpu0 else None, vllm_version, memory),
     }
 
 
@@ -421,6 +442,20 @@ def _stage_lines(plan: dict) -> list[str]:
     return lines
 
 
+def budget_terms(memory) -> dict:
+    return {
+        "requested_gib": memory.requested_gib,
+        "weights_gib": memory.weights_gib_per_gpu,
+        "activation_gib": memory.activation_gib,
+        "non_torch_gib": memory.non_torch_gib,
+        "cuda_graph_gib": memory.cuda_graph_gib if memory.graphs_counted else 0.0,
+        "enforce_eager": memory.enforce_eager,
+        "gpu_memory_utilization": memory.gpu_memory_utilization,
+        "max_num_batched_tokens": memory.max_num_batched_tokens,
+        "max_num_seqs": memory.max_num_seqs,
+    }
+
+
 def format_plan(plan: dict) -> str:
     """A plan as a person reads it: the verdict line, the numbers, each error with its fix."""
 
@@ -445,6 +480,8 @@ def format_plan(plan: dict) -> str:
             f"{moe['expert_width_per_gpu']} wide"
         )
     lines += _stage_lines(plan)
+    if plan.get("calibration"):
+        lines.append(f"  calibration: {plan['calibration']['summary']}")
     for e in plan.get("errors") or []:
         lines += [f"  ERROR [{e['rule']}] {e['message']}", f"    fix: {e['fix']}"]
     for w in plan.get("warnings") or []:

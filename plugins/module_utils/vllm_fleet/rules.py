@@ -1544,8 +1544,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "cluster-address-ip",
         "cluster",
-        "Every member's address on the members' network (vllm_cluster_address, else ansible_host) is an "
-        "IPv4 address.",
+        "Every member's address on the members' network (vllm_cluster_address, else ansible_host) is an IPv4 address.",
         "vLLM binds its sockets to VLLM_HOST_IP and hands --master-addr to torch.distributed, and the "
         "service role finds the interface that holds the address (for gloo and NCCL): a name is none of "
         "these. Clusters were measured on IPv4 only (docs/multinode.md); an IPv6 address is refused "
