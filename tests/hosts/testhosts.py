@@ -140,7 +140,8 @@ def _setup_network(index: int) -> None:
 
 def join_cluster_network(host: Host) -> str:
     """Put the host on the hosts' own network (a bridge in namespace vfnet; idempotent) and return
-    its address there. The link leaves with the host's namespace when it is destroyed."""
+    its address there. destroy() deletes the link (it would leave with the host's namespace, but
+    only once the kernel frees that, which a process still exiting delays)."""
     namespaces = _run(["ip", "netns", "list"]).stdout.split()
     if CLUSTER_NETNS not in namespaces:
         _run(["ip", "netns", "add", CLUSTER_NETNS])
@@ -149,6 +150,8 @@ def join_cluster_network(host: Host) -> str:
     _run(["ip", "-n", CLUSTER_NETNS, "link", "set", "br0", "up"])
     outside = f"{host.name}-n"
     if _run(["ip", "-n", host.netns, "link", "show", "eth1"], check=False).returncode != 0:
+        # A link of an earlier host of this name whose namespace the kernel has not freed yet.
+        _run(["ip", "-n", CLUSTER_NETNS, "link", "del", outside], check=False)
         peer = ["peer", "name", "eth1", "netns", host.netns]
         _run(["ip", "-n", CLUSTER_NETNS, "link", "add", outside, "type", "veth", *peer])
         _run(["ip", "-n", CLUSTER_NETNS, "link", "set", outside, "master", "br0", "up"])
@@ -455,9 +458,12 @@ def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
     # All at once: a host serving vLLM can take up to the whole timeout to power off, and the hosts
     # of one test module were stopped one after the other.
     _stop(names)
+    cluster_net = CLUSTER_NETNS in _run(["ip", "netns", "list"]).stdout.split()
     for name in names:
         for point in _mounts_of(name):
             _run(["umount", point], check=False)
+        if cluster_net:
+            _run(["ip", "-n", CLUSTER_NETNS, "link", "del", f"{name}-n"], check=False)
         _teardown_network(name)
         shutil.rmtree(host_dir(name), ignore_errors=True)
         state.pop(name, None)

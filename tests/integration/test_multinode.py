@@ -5,9 +5,10 @@ multiprocessing executor (--nnodes 2; the worker runs --headless). Tests run in 
 1. a -l that leaves the worker out is refused in preflight, with the -l that does not;
 2. site.yml deploys the cluster: the head answers the OpenAI API, the worker runs its stage;
 3. a re-run changes nothing (both members take the fast path);
-4. a bad change (a revision that answers only newlines) fails the probe on both members, and both
-   are put back to v1, which answers again;
-5. the worker cut from the members' network: the head cannot answer, and probe.yml fails.
+4. the worker cut from the members' network: the head cannot answer, and probe.yml fails;
+5. the worker killed in the middle of a rollout (the new revision's worker dies once its cluster
+   answers /health): the probe fails on both members, the rollout stops before its next batch (a
+   third host, untouched), and both members are put back to v1, which answers again.
 """
 
 from __future__ import annotations
@@ -55,13 +56,34 @@ def cluster_model(hosts, revision: str = "v1") -> dict:
     }
 
 
+def single_model() -> dict:
+    return {
+        "name": "tiny",
+        "model": TINY,
+        "revision": "v1",
+        "port": 8000,
+        "flags": {"dtype": "bfloat16", "max-model-len": 512, "enforce-eager": True},
+    }
+
+
 class Cluster:
     def __init__(self, hosts, hub, inventory, tmp):
         self.hosts, self.hub, self.inventory, self.tmp = hosts, hub, inventory, tmp
         self.head, self.worker = hosts
+        self.others = []  # hosts of the inventory that serve a model of their own
+
+    def write_host_vars(self, revision: str) -> None:
+        # In the inventory, not -e: extra vars would give every host the cluster's item.
+        served = [
+            (h, {"vllm_cluster_address": h.cluster_address, "vllm_models": [cluster_model(self.hosts, revision)]})
+            for h in self.hosts
+        ]
+        served += [(h, {"vllm_models": [single_model()]}) for h in self.others]
+        for host, host_vars in served:
+            (self.inventory / "host_vars" / f"{host.name}.yml").write_text(yaml.safe_dump(host_vars))
 
     def play(self, playbook: str, *args: str, revision: str = "v1", timeout: float = 1200):
-        extra = {"vllm_models": [cluster_model(self.hosts, revision)]}
+        self.write_host_vars(revision)
         summary = self.tmp / f"summary-{time.monotonic_ns()}.json"
         env = {
             "VLLM_FLEET_HUB_PORT": self.hub.url.rsplit(":", 1)[1],
@@ -69,9 +91,7 @@ class Cluster:
             "VLLM_FLEET_SUMMARY_JSON": str(summary),
         }
         started = time.monotonic()
-        result = ansible_run.playbook(
-            "-i", str(self.inventory), playbook, "-e", json.dumps(extra), *args, env=env, timeout=timeout
-        )
+        result = ansible_run.playbook("-i", str(self.inventory), playbook, *args, env=env, timeout=timeout)
         result.seconds = time.monotonic() - started
         assert API_KEY not in result.output, "the API key leaked into ansible's output"
         result.summary = json.loads(summary.read_text()) if summary.is_file() else None
@@ -89,18 +109,21 @@ def cluster(host_tooling, env_seed, tmp_path_factory):
     (inventory / "host_vars").mkdir()
     shutil.copy(ansible_run.REPO_ROOT / "inventories/local/group_vars/all.yml", inventory / "group_vars/all.yml")
     hosts = testhosts.create(2, inventory=inventory / "hosts.yml", seed=env_seed.layer())
+    names = [h.name for h in hosts]
     try:
         for host in hosts:
-            address = testhosts.join_cluster_network(host)
-            (inventory / "host_vars" / f"{host.name}.yml").write_text(yaml.safe_dump({"vllm_cluster_address": address}))
+            testhosts.join_cluster_network(host)
         root = tmp_path_factory.mktemp("multinode-hub")
         publish_tiny_model(root, f"{TINY}@v1")
-        publish_tiny_model(root, f"{TINY}@v3-newline", variant="newline")
+        publish_tiny_model(root, f"{TINY}@v2", seed=1)  # another good revision: other weights
         with StandInHub(root, host=hosts[0].controller_address, port=0) as hub:
-            yield Cluster(hosts, hub, inventory, work)
+            cluster = Cluster(hosts, hub, inventory, work)
+            cluster.seed = env_seed.layer()
+            yield cluster
+            names += [h.name for h in cluster.others]
     finally:
         if os.environ.get("VLLM_FLEET_KEEP_HOSTS") != "1" or os.environ.get("VLLM_FLEET_REQUIRE_HOSTS") == "1":
-            testhosts.destroy([h.name for h in hosts], inventory=inventory / "hosts.yml")
+            testhosts.destroy(names, inventory=inventory / "hosts.yml")
 
 
 def chat(host, timeout: float = 60) -> dict:
@@ -186,17 +209,6 @@ def test_a_second_run_changes_nothing_on_either_member(cluster, deployed):
     assert {rows[h.name]["result"] for h in cluster.hosts} == {"unchanged"}, rows
 
 
-def test_a_bad_change_fails_on_both_members_and_both_go_back(cluster, deployed):
-    result = cluster.play("site.yml", revision="v3-newline")
-    assert result.returncode != 0
-    rows = {row["host"]: row for row in result.summary["rows"]}
-    assert {rows[h.name]["result"] for h in cluster.hosts} == {"rolled back"}, rows
-    v1 = cluster.hub.commit(TINY, "v1")
-    for host in cluster.hosts:
-        assert f"/{TINY}/{v1}" in unit_args(host)[2], host.name
-    assert chat(cluster.head)["choices"][0]["message"]["content"]
-
-
 def test_a_worker_cut_off_from_the_cluster_fails_the_probe(cluster, deployed):
     # Whole, the cluster passes probe.yml on both members (the worker asks the head over the
     # members' network); cut, it fails on both.
@@ -215,3 +227,70 @@ def test_a_worker_cut_off_from_the_cluster_fails_the_probe(cluster, deployed):
             assert re.search(rf"{host.name}\s+:.*failed=1", recap), recap
     finally:
         testhosts.set_cluster_link(cluster.worker, up=True)
+
+
+class WorkerKiller:
+    """Kills the worker's vLLM once the new revision's cluster answers /health on the head: a
+    worker that dies under a cluster that came up. A loop in a transient unit on the worker (it
+    sees the head over the members' network); the revision it rolls back to is left alone.
+    Killed after the head is healthy, not before: a head whose worker dies while they connect
+    waits for it until the probe's health timeout; one whose worker dies under it fails its
+    first request."""
+
+    UNIT = "vf-kill-worker"
+
+    def __init__(self, worker, head, commit: str):
+        self.worker, self.head, self.commit = worker, head, commit
+
+    def __enter__(self):
+        health = f"http://{self.head.cluster_address}:8000/health"
+        head_healthy = f"python3 -c 'import urllib.request as u; u.urlopen(\"{health}\", timeout=2)' 2>/dev/null"
+        script = (
+            "while sleep 0.5; do\n"
+            # The new revision's worker, past its part of the start (its KV cache is set), which
+            # it reaches only with the new head; and that head answers.
+            "  main=$(systemctl show -p MainPID --value vllm-tiny-pp)\n"
+            f"  tr '\\0' ' ' < /proc/$main/cmdline 2>/dev/null | grep -q '/{self.commit}' || continue\n"
+            "  since=$(systemctl show -p ActiveEnterTimestamp --value vllm-tiny-pp)\n"
+            '  journalctl -u vllm-tiny-pp --since "$since" -o cat | grep -q "GiB for KV cache" || continue\n'
+            f"  {head_healthy} || continue\n"
+            # Its whole process group (systemd starts a unit's main process in a session of its
+            # own; vLLM's stage workers are its children): on the test hosts systemd cannot kill
+            # a control group (EIO), and a worker killed by its main process alone kept serving.
+            "  kill -KILL -- -$main && echo killed-worker\n"
+            "done\n"
+        )
+        testhosts.ssh(self.worker, f"cat > /run/{self.UNIT}.sh <<'EOF'\n{script}EOF")
+        testhosts.ssh(self.worker, f"systemd-run --unit={self.UNIT} --collect /bin/bash /run/{self.UNIT}.sh")
+        return self
+
+    def kills(self) -> int:
+        out = testhosts.ssh(self.worker, f"journalctl -u {self.UNIT} -o cat --no-pager", check=False).stdout
+        return out.splitlines().count("killed-worker")
+
+    def __exit__(self, *exc):
+        testhosts.ssh(self.worker, f"systemctl stop {self.UNIT}", check=False)
+
+
+def test_a_worker_killed_mid_rollout_stops_the_rollout_and_both_members_go_back(cluster, deployed):
+    # A third host, after the cluster in the rollout's order: the next batch, which must not start.
+    third = testhosts.create(1, inventory=cluster.inventory / "hosts.yml", first=3, seed=cluster.seed)[0]
+    cluster.others.append(third)
+    v2 = cluster.hub.commit(TINY, "v2")
+    # A short request timeout: the head whose worker died cannot answer.
+    timeouts = json.dumps({"vllm_probe_request_timeout": 30, "vllm_probe_health_timeout": 300})
+    with WorkerKiller(cluster.worker, cluster.head, v2) as killer:
+        result = cluster.play("site.yml", "-e", timeouts, revision="v2")
+        kills = killer.kills()
+    assert kills >= 1, "v2's cluster never answered /health; its worker was not killed:\n" + failures(result.output)
+    assert result.returncode != 0, failures(result.output)
+    assert "failed its probe" in result.output, failures(result.output)
+    rows = {row["host"]: row for row in result.summary["rows"]}
+    assert {rows[h.name]["result"] for h in cluster.hosts} == {"rolled back"}, rows
+    assert result.summary["not_reached"] == [third.name], result.summary
+    assert testhosts.ssh(third, "test -e /etc/systemd/system/vllm-tiny.service", check=False).returncode != 0
+    v1 = cluster.hub.commit(TINY, "v1")
+    for host in cluster.hosts:
+        assert f"/{TINY}/{v1}" in unit_args(host)[2], host.name
+    assert chat(cluster.head)["choices"][0]["message"]["content"]
+    print(f"\n[multinode] the worker was killed {kills} times; rolled back on both, {third.name} not reached")
