@@ -62,6 +62,12 @@ options:
         description: The operator's word that the network is trusted (vllm_service_allow_no_api_key).
         type: bool
         default: false
+      cpu_kvcache_space_gib:
+        description:
+          - CPU hosts, the GiB of KV cache the units get (vllm_service_cpu_kvcache_space_gib, the units'
+            VLLM_CPU_KVCACHE_SPACE). The plan predicts the KV cache vLLM's CPU build reports from it.
+        type: float
+        default: 1
   revisions:
     description:
       - Each model's revision resolved to a commit (the C(resolved) list of
@@ -196,6 +202,7 @@ def main():
                     "environment": {"type": "dict", "default": {}},
                     "api_key_set": {"type": "bool", "default": False},
                     "allow_no_api_key": {"type": "bool", "default": False},
+                    "cpu_kvcache_space_gib": {"type": "float", "default": float(layout.CPU_KVCACHE_SPACE_GIB)},
                 },
             },
             "revisions": {"type": "list", "elements": "dict", "default": []},
@@ -240,6 +247,7 @@ def main():
             "vllm_service_environment": service["environment"],
             "api_key_set": service["api_key_set"],
             "allow_no_api_key": service["allow_no_api_key"],
+            "cpu_kvcache_space_gib": service["cpu_kvcache_space_gib"],
         },
     }
     plan = check_host(host_vars, detected_gpus=p["gpus"] or None, facts_for=facts_for)

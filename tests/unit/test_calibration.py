@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import calibration as cal
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cli, preflight
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import parse_engine_report
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import (
+    compare_with_plan,
+    parse_engine_report,
+)
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import facts_from_config
 
 ROOT = Path(__file__).parents[2]
@@ -168,3 +171,35 @@ def test_cli_calibrate_writes_a_file_check_plans_with(tmp_path, capsys):
     assert cli.main([*argv, "--calibration", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
     assert cli.main(["calibrate", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_the_plan_predicts_what_the_cpu_build_reports_about_its_kv_cache():
+    # The CPU build's KV cache is VLLM_CPU_KVCACHE_SPACE exactly, in blocks of 128 tokens: the plan
+    # of the tiny model with the units' 1 GiB is what its real start logged (1,048,576 tokens).
+    from tests.support.tiny_model import model_config, tokenizer_json
+
+    facts = facts_from_config(model_config(tokenizer_json("normal")), name="tiny")
+    plan = preflight.check(
+        facts, [], {"dtype": "bfloat16", "max-model-len": 512}, "0.32.0", device="cpu", cpu_kv_cache_gib=1
+    )
+    report = parse_engine_report(CPU_START)
+    rows = {row["metric"]: row for row in compare_with_plan(report, plan)}
+    assert rows["KV cache tokens"]["predicted"] == rows["KV cache tokens"]["measured"] == 1_048_576
+    assert rows["KV cache GiB"]["error_pct"] == 0.0
+    assert rows["max concurrency"]["predicted"] == pytest.approx(rows["max concurrency"]["measured"])
+    # Without the space (a GPU host's plan asked of a CPU, or a caller that does not know it): no guess.
+    assert preflight.check(facts, [], {"max-model-len": 512}, "0.32.0", device="cpu")["kv_tokens"] is None
+
+
+def test_check_host_plans_the_cpu_kv_cache_the_unit_will_get():
+    from tests.support.tiny_model import model_config, tokenizer_json
+
+    facts = facts_from_config(model_config(tokenizer_json("normal")), name="tiny")
+    item = {"name": "tiny", "model": "vllm-fleet/tiny-qwen2", "revision": "v1", "port": 8000}
+    host_vars = {"vllm_device": "cpu", "vllm_models": [dict(item, flags={"max-model-len": 512})]}
+    default = preflight.check_host(host_vars, facts_for=lambda _item: facts)["models"][0]
+    assert default["kv_cache_gib"] == 1.0 and default["kv_tokens"] == 1_048_576
+    # The model's own env wins, as in the unit (roles/vllm_service/vars/main.yml).
+    own = dict(item, flags={"max-model-len": 512}, env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    two = preflight.check_host(dict(host_vars, vllm_models=[own]), facts_for=lambda _item: facts)["models"][0]
+    assert two["kv_cache_gib"] == 2.0 and two["kv_tokens"] == 2 * 1_048_576

@@ -53,6 +53,9 @@ RUNTIME_MANAGER = "venv"
 RUNTIME_EXTRA_PACKAGES = ("modelscope==1.40.2",)
 CPU_REMOVED_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
 HOST_PYTHON = "/usr/bin/python3"
+# CPU hosts: GiB vLLM's CPU backend takes for the KV cache (the units' VLLM_CPU_KVCACHE_SPACE; the
+# vllm_service role's default and what preflight plans the CPU KV cache with).
+CPU_KVCACHE_SPACE_GIB = 1
 HOST_PYTHON_VERSION = "3.11"
 
 
@@ -159,6 +162,7 @@ def values() -> dict:
         "runtime_extra_packages": list(RUNTIME_EXTRA_PACKAGES),
         "cpu_removed_packages": list(CPU_REMOVED_PACKAGES),
         "host_python": HOST_PYTHON,
+        "cpu_kvcache_space_gib": CPU_KVCACHE_SPACE_GIB,
         "host_python_version": HOST_PYTHON_VERSION,
         "controller_cache": controller_cache(),
         "collection_root": root,

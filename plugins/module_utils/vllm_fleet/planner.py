@@ -558,6 +558,38 @@ def kwargs_from_flags(flags: dict) -> dict:
     return {keyword: flags[flag] for flag, keyword in FLAG_KEYWORDS.items() if flag in flags}
 
 
+# vLLM's CPU backend: the KV cache is VLLM_CPU_KVCACHE_SPACE GiB exactly ("Explicitly set (1.0/N)
+# GiB for KV cache", v1/worker/cpu_worker.py determine_available_memory; no profiling budget), in
+# blocks of 128 tokens unless --block-size says otherwise (platforms/cpu.py check_and_update_config).
+CPU_BLOCK_SIZE = 128
+
+
+def plan_cpu_kv_cache(
+    facts,
+    *,
+    kv_cache_space_gib: float,
+    tp: int = 1,
+    pp: int = 1,
+    kv_cache_dtype_bytes: int = 2,
+    max_model_len: int | None = None,
+    block_size: int | None = None,
+) -> dict:
+    """What vLLM's CPU build reports about its KV cache: the GiB it was given and the tokens they
+    hold (``CPU KV cache size: N tokens``), for the stage with the most layers (the fewest blocks)."""
+    block = int(block_size or CPU_BLOCK_SIZE)
+    mml = int(max_model_len) if max_model_len else facts.max_supported_len
+    page = 2 * block * kv_heads_per_rank(facts, tp) * facts.head_dim * kv_cache_dtype_bytes
+    layers = max(pp_partition(facts.num_hidden_layers, pp))
+    num_blocks = int(kv_cache_space_gib * GIB) // (page * layers)
+    per_req_blocks = _cdiv(mml, block)
+    return {
+        "kv_cache_gib": round(float(kv_cache_space_gib), 2),
+        "kv_tokens": int(num_blocks / per_req_blocks * mml) if per_req_blocks else 0,
+        "num_blocks": num_blocks,
+        "block_size": block,
+    }
+
+
 # The terms a calibration file may replace (calibration.py fits them from recorded starts).
 CALIBRATED_TERMS = ("non_torch_gib", "activation_scale", "cuda_graph_scale")
 

@@ -19,7 +19,7 @@ from .calibration import terms_for as calibration_terms_for
 from .gpus import UnknownGPUError, has_bf16, resolve, usable_bytes
 from .inventory import InventoryError, normalize_model
 from .model_facts import DTYPE_BYTES, ModelConfigError, ModelFacts, weight_bytes
-from .planner import GIB, local_experts, plan_memory
+from .planner import GIB, local_experts, plan_cpu_kv_cache, plan_memory
 from .serve_args import ServeArgsError, normalize, to_argv
 from .versions import DEFAULT_VLLM_VERSION
 
@@ -144,13 +144,16 @@ def check(
     allow_unmodeled: bool = False,
     device: str = "cuda",
     calibration: dict | None = None,
+    cpu_kv_cache_gib: float | None = None,
 ) -> dict:
     """The plan for one model on ``gpus`` (the GPUs given to it: catalog names or dicts).
 
     ``allow_unmodeled``: an architecture vLLM supports but the planner does not model is planned
     without memory figures (a warning says memory is unchecked) instead of refused.
     ``calibration``: a calibration file's content (calibration.py); the plan uses the terms it
-    holds for these GPUs and this vLLM version, and says which (``calibration``)."""
+    holds for these GPUs and this vLLM version, and says which (``calibration``).
+    ``cpu_kv_cache_gib``: on a CPU host, the VLLM_CPU_KVCACHE_SPACE the unit gets: the plan then
+    predicts the KV cache vLLM's CPU build reports (planner.plan_cpu_kv_cache)."""
     model = name or model_facts.name
     try:
         gpus = [resolve(g) for g in gpus]
@@ -205,6 +208,17 @@ def check(
             fit_len = memory.max_model_len_suggested if memory else None
         mem_errors, _warnings = rules.evaluate(case, vllm_version, "model", only=("memory-fits",))
         errors += mem_errors
+    cpu_kv = None
+    if device == "cpu" and cpu_kv_cache_gib and shape_ok and rules.architecture_modeled(model_facts):
+        cpu_kv = plan_cpu_kv_cache(
+            model_facts,
+            kv_cache_space_gib=float(cpu_kv_cache_gib),
+            tp=tp,
+            pp=pp,
+            kv_cache_dtype_bytes=_kv_bytes(translated, dtype),
+            max_model_len=translated.get("max-model-len"),
+            block_size=translated.get("block-size"),
+        )
     wbytes = weight_bytes(model_facts)
     return {
         "verdict": "refused" if errors else "ok",
@@ -216,8 +230,8 @@ def check(
         "dtype": dtype,
         "quantization": model_facts.quant.method if model_facts.quant else None,
         "weights_gib": _weights_gib(memory, model_facts, wbytes, tp, pp),
-        "kv_cache_gib": round(memory.kv_cache_gib, 2) if memory else None,
-        "kv_tokens": memory.kv_tokens if memory else None,
+        "kv_cache_gib": round(memory.kv_cache_gib, 2) if memory else (cpu_kv or {}).get("kv_cache_gib"),
+        "kv_tokens": memory.kv_tokens if memory else (cpu_kv or {}).get("kv_tokens"),
         "max_model_len": translated.get("max-model-len") or model_facts.max_supported_len,
         "max_model_len_fit": fit_len if memory else None,
         "errors": errors,
@@ -270,7 +284,20 @@ def service_inputs(host_vars: dict) -> dict:
         "vllm_service_environment": dict(host_vars.get("vllm_service_environment") or {}),
         "api_key_set": bool(key),
         "allow_no_api_key": bool(host_vars.get("vllm_service_allow_no_api_key", False)),
+        "cpu_kvcache_space_gib": host_vars.get("vllm_service_cpu_kvcache_space_gib", layout.CPU_KVCACHE_SPACE_GIB),
     }
+
+
+def _cpu_kv_cache_gib(item: dict, service: dict):
+    """The VLLM_CPU_KVCACHE_SPACE a model's unit gets, as the service role composes its environment:
+    the role's setting, then vllm_service_environment, then the model's own env (the last wins)."""
+    value = service.get("cpu_kvcache_space_gib")
+    for env in (service.get("vllm_service_environment") or {}, item.get("env") or {}):
+        value = env.get("VLLM_CPU_KVCACHE_SPACE", value)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None  # not a number: vLLM will say so; the plan predicts nothing
 
 
 def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, facts_for=None) -> dict:
@@ -296,6 +323,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
     models = [m for m in host_vars.get("vllm_models") or [] if (m.get("state") or "present") == "present"]
     host = str(host_vars.get("inventory_hostname") or "")
     cluster_views = host_vars.get("vllm_cluster_members") or {}
+    service = service_inputs(host_vars)
     # Each model's revision as the play resolved it: its config is read at that commit, so the
     # verdict is about the bytes the hosts download (rule revision-pinned; revisions.py).
     resolved = revisions.lookup(host_vars.get("vllm_revisions"))
@@ -348,6 +376,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
             gpu_indices=indices,
             allow_unmodeled=bool(item.get("allow_unmodeled")),
             device=device,
+            cpu_kv_cache_gib=_cpu_kv_cache_gib(item, service) if device == "cpu" else None,
         )
         if device == "cpu":  # no GPU rules on a CPU host: only shapes, flags and lengths count
             plan["errors"] = [e for e in plan["errors"] if e["rule"] not in ("gpus-enough",)]
@@ -374,7 +403,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
             if m.get("name") not in unprintable
         ],
         # The models' own values were judged above, one by one.
-        service=service_inputs(host_vars),
+        service=service,
         revisions={
             m.get("name", "?"): revision
             for m, revision in zip(models, model_revisions, strict=True)
