@@ -95,9 +95,9 @@ def vllm_redact(text, secrets):
     return probe.redact(str(text), [str(s) for s in (secrets or []) if s])
 
 
-def vllm_rollout_rows_passed(saves, latencies, host):
+def vllm_rollout_rows_passed(saves, latencies, host, plan_checks=None):
     """Rollout summary rows of a host whose models passed (vllm_last_good save results)."""
-    return rollout.rows_from_saves(list(saves or []), dict(latencies or {}), str(host))
+    return rollout.rows_from_saves(list(saves or []), dict(latencies or {}), str(host), dict(plan_checks or {}))
 
 
 def vllm_rollout_rows_restored(restores, latencies, host, failure="", answered=False, unchanged_result="failed"):

@@ -69,6 +69,18 @@ options:
       - The preflight plan of this model (one item of C(vllm_preflight)'s C(plan.models)), to compare
         with what vLLM reported. A whole host plan with exactly one model is accepted too.
     type: dict
+  plan_tolerance_pct:
+    description:
+      - How far (percent) vLLM's reported KV cache (tokens, GiB) and weights may be from the plan's
+        before RV(plan_check) names the metric as beyond it (the rollout summary warns).
+    type: float
+    default: 5
+  plan_strict:
+    description:
+      - Fail the probe when a checked metric is beyond I(plan_tolerance_pct) (vllm_calibration_strict),
+        for models run near the memory edge; the host is then put back like any failed probe.
+    type: bool
+    default: false
   journal:
     description:
       - The unit's journal text (C(journalctl -o cat -u vllm-NAME)), collected on the host by the role.
@@ -211,6 +223,13 @@ comparison:
   type: list
   elements: dict
   sample: [{metric: "KV cache GiB", predicted: 55.1, measured: 54.3, error_pct: 1.5}]
+plan_check:
+  description:
+    - The plan against what vLLM reported on the checked metrics (KV cache tokens and GiB, weights) -
+      each metric's error in percent, and a sentence for each beyond O(plan_tolerance_pct).
+  returned: always
+  type: dict
+  sample: {tolerance_pct: 5.0, errors: {"KV cache tokens": 0.0, "KV cache GiB": 0.0}, beyond: []}
 metrics:
   description: What C(/metrics) answered, when the answers passed and I(endpoints) is not empty.
   returned: when /metrics was read
@@ -255,6 +274,7 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine
     compare_with_plan,
     format_comparison,
     parse_engine_report,
+    plan_check,
     refusal_problem,
 )
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.monitoring import (
@@ -398,7 +418,8 @@ def run(module: AnsibleModule) -> tuple[dict, str | None]:
         module.fail_json(msg=plan_problem)
     report = parse_engine_report(p["journal"]) if p["journal"] else {}
     rows = compare_with_plan(report, plan) if (report or plan) else []
-    result = {"changed": False, "engine_report": report, "comparison": rows, "problems": []}
+    against_plan = plan_check(rows, p["plan_tolerance_pct"])
+    result = {"changed": False, "engine_report": report, "comparison": rows, "plan_check": against_plan, "problems": []}
 
     if module.check_mode:
         paths = ["/health"] + [ENDPOINTS[name][0] for name in p["endpoints"]]
@@ -436,6 +457,16 @@ def run(module: AnsibleModule) -> tuple[dict, str | None]:
                     else "families not checked"
                 )
                 summary.append(f"/metrics: {checked}, {metrics['requests_served']} requests served")
+    if against_plan["beyond"]:
+        tolerance, beyond = against_plan["tolerance_pct"], "; ".join(against_plan["beyond"])
+        summary.append(f"plan vs vLLM: beyond {tolerance:g}%: {beyond}")
+        if p["plan_strict"] and healthy:
+            # The engine runs, but not as planned: near the memory edge that is a failure.
+            result["problems"].append(
+                f"vLLM's start disagrees with the plan beyond {tolerance:g}% "
+                f"(vllm_calibration_strict): {beyond} -- calibrate the planner for this "
+                "GPU (vllm-fleet calibrate, docs/planner.md) or correct the model's flags"
+            )
     result["summary"] = summary + _engine_lines(report, rows, bool(p["journal"]))
     return result, _failure(result["problems"], p)
 
@@ -469,6 +500,8 @@ def main() -> None:
                 "default": ["chat", "completions"],
             },
             "plan": {"type": "dict"},
+            "plan_tolerance_pct": {"type": "float", "default": 5.0},
+            "plan_strict": {"type": "bool", "default": False},
             "journal": {"type": "str"},
             "metric_families": {"type": "list", "elements": "str", "default": list(REQUIRED_FAMILIES)},
             "journal_lines": {"type": "int", "default": 40},

@@ -199,7 +199,12 @@ def test_site_serves_the_tiny_model_on_both_hosts_and_probes_pass(fleet, deploye
         # The probe compared the engine with the plan deploy.yml passed it (vllm_probe_plan, issue 14):
         # the plan's weights stand beside what vLLM reported, in the report kept on the host.
         report = json.loads(testhosts.ssh(host, "cat /var/lib/vllm-fleet/reports/tiny.json").stdout)
-        assert {row["metric"]: row for row in report["comparison"]}["weights GiB"]["predicted"] is not None, report
+        rows = {row["metric"]: row for row in report["comparison"]}
+        assert rows["weights GiB"]["predicted"] is not None, report
+        # Issue 18: on a CPU host the plan predicts the KV cache vLLM reports, exactly.
+        assert rows["KV cache tokens"]["predicted"] == rows["KV cache tokens"]["measured"] > 0, report
+        summary = output[output.find("VLLM-FLEET ROLLOUT SUMMARY") :]
+        assert "plan vs vLLM" in summary and re.search(rf"{host.name}\s+tiny\s+.*KV tokens \+0\.0%", summary), summary
         status, body = request(
             host,
             "/v1/chat/completions",

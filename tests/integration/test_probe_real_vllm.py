@@ -133,6 +133,27 @@ class TestTinyModelPasses:
         assert rows["max concurrency"]["error_pct"] == 0.0, rows
         assert any(line.startswith("KV cache tokens") for line in answer["summary"])
 
+    def test_the_plan_is_checked_against_the_engine_within_the_tolerance(self, probed):
+        # Issue 18: what the rollout summary's "plan vs vLLM" column shows.
+        _, _, _, answer = probed
+        check = answer["plan_check"]
+        assert check["tolerance_pct"] == 5.0 and check["beyond"] == [], check
+        assert check["errors"]["KV cache tokens"] == 0.0 and check["errors"]["KV cache GiB"] == 0.0
+
+    def test_a_plan_off_beyond_the_tolerance_is_named_and_strict_fails_the_probe(self, probed):
+        server = probed[0]
+        # A deliberately wrong plan: twice the KV cache the unit's 1 GiB holds.
+        wrong = {"kv_cache_gib": 2.0, "kv_tokens": 2 * kv_tokens_predicted(server.model_dir, 1.0), "max_model_len": 512}
+        result, answer = probe(server, plan=wrong, journal=server.log_text())
+        assert result.returncode == 0, result.output  # off the plan, but serving: a warning
+        beyond = answer["plan_check"]["beyond"]
+        assert any(line.startswith("KV cache tokens: plan 2,") for line in beyond), beyond
+        assert any(line.startswith("plan vs vLLM: beyond 5%") for line in answer["summary"]), answer["summary"]
+        result, answer = probe(server, plan=wrong, journal=server.log_text(), plan_strict=True)
+        assert result.returncode != 0, result.output
+        assert "disagrees with the plan beyond 5% (vllm_calibration_strict)" in answer["msg"], answer["msg"]
+        assert "+100.0%" in answer["msg"]
+
     def test_check_mode_sends_nothing(self, probed):
         server, _, _, _ = probed
         before = posts(server)

@@ -1,6 +1,6 @@
 """The calibration loop (issue 18, calibration.py): parse -> compare -> record -> calibrate -> plan,
 on real vLLM starts: the CPU build's journal (tests/data/probe) and the GPU runs of tests/data/gpu
-(bench/gpu/start_records.py made tests/data/gpu/starts.jsonl from them)."""
+(tests/data/gen_gpu_start_records.py made tests/data/gpu/starts.jsonl from them)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ QWEN_7B = json.loads((ROOT / "model_configs" / "qwen" / "Qwen1.5-7B-Chat" / "con
 
 
 def _start_records_module():
-    spec = importlib.util.spec_from_file_location("start_records", ROOT / "bench" / "gpu" / "start_records.py")
+    spec = importlib.util.spec_from_file_location("start_records", ROOT / "tests" / "data" / "gen_gpu_start_records.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -4,7 +4,7 @@ good state a rollback restores, slot rotation, pruning choices and the summary t
 from __future__ import annotations
 
 import pytest
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rollout
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import engine_report, rollout
 
 
 def record(revision="v1", version="0.32.0", flags=("--max-model-len", "512"), unit="u1", env="e1", repo="o/m"):
@@ -96,9 +96,17 @@ def test_rows_from_saves_and_restores():
         {"item": {"key": "big"}, "changed": False, "changes": []},
     ]
     rows = rollout.rows_from_saves(saves, {"tiny": 0.25}, "vf1")
+    unchecked = {"plan_errors": {}, "plan_beyond": [], "plan_tolerance_pct": None}
     assert rows == [
-        {"host": "vf1", "model": "tiny", "result": "updated", "changes": ["revision v1 -> v2"], "latency_s": 0.25},
-        {"host": "vf1", "model": "big", "result": "unchanged", "changes": [], "latency_s": None},
+        {
+            "host": "vf1",
+            "model": "tiny",
+            "result": "updated",
+            "changes": ["revision v1 -> v2"],
+            "latency_s": 0.25,
+            **unchecked,
+        },
+        {"host": "vf1", "model": "big", "result": "unchanged", "changes": [], "latency_s": None, **unchecked},
     ]
     restores = [
         {"ansible_loop_var": "model", "model": {"name": "tiny"}, "changed": True, "record": record(revision="v2")},
@@ -115,7 +123,7 @@ def test_rows_from_saves_and_restores():
 def test_summary_table_lists_every_host_and_the_ones_not_reached():
     rows = [{"host": "vf1", "model": "tiny", "result": "rolled back", "changes": ["back to o/m@v2"], "latency_s": 0.5}]
     table = rollout.summary_table(rows, ["vf2", "vf3"]).splitlines()
-    assert table[0].split() == ["host", "model", "result", "what", "changed", "chat", "latency"]
+    assert table[0].split() == ["host", "model", "result", "what", "changed", "plan", "vs", "vLLM", "chat", "latency"]
     assert table[1].split()[:4] == ["vf1", "tiny", "rolled", "back"] and table[1].endswith("0.50 s")
     assert [line.split()[0] for line in table[2:]] == ["vf2", "vf3"] and "not reached" in table[2]
 
@@ -140,3 +148,24 @@ def test_rows_of_a_host_the_fast_path_skipped():
         {"host": "h1", "model": "a", "result": "unchanged", "changes": [rollout.FAST_PATH_NOTE], "latency_s": None}
     ]
     assert "as the last full run left it" in rollout.summary_table(rows, [])
+
+
+def test_the_summary_shows_the_plan_against_vllm_and_warns_beyond_the_tolerance():
+    # Issue 18: the probe's plan_check per model becomes a column, and a warning line when off.
+    rows_in = [
+        {"metric": "KV cache tokens", "predicted": 1_048_576, "measured": 1_048_576, "error_pct": 0.0},
+        {"metric": "KV cache GiB", "predicted": 1.0, "measured": 1.0, "error_pct": 0.0},
+    ]
+    good = engine_report.plan_check(rows_in, 5.0)
+    off = engine_report.plan_check([dict(rows_in[0], predicted=1_200_000, error_pct=14.4), rows_in[1]], 5.0)
+    assert good["beyond"] == [] and off["beyond"] == ["KV cache tokens: plan 1,200,000, vLLM 1,048,576 (+14.4%)"]
+    saves = [{"item": {"key": "tiny"}, "changed": True, "changes": ["revision v1 -> v2"]}]
+    rows = rollout.rows_from_saves(saves, {"tiny": 0.25}, "vf1", {"tiny": good})
+    table = rollout.summary_table(rows, []).splitlines()
+    assert "KV tokens +0.0%" in table[1] and len(table) == 2
+    rows = rollout.rows_from_saves(saves, {"tiny": 0.25}, "vf1", {"tiny": off})
+    table = rollout.summary_table(rows, []).splitlines()
+    assert "KV tokens +14.4%" in table[1]
+    assert table[2].startswith("WARNING: vf1 tiny: vLLM's start is off the plan beyond 5%: KV cache tokens")
+    assert "vllm-fleet calibrate" in table[2]
+    assert rollout.summary_table(rows, [], {}).count("WARNING") == 1

@@ -182,14 +182,38 @@ def compare_with_plan(report: dict, plan: dict | None) -> list[dict]:
     return rows
 
 
+# The metrics a deploy holds the plan to (issue 18): what decides whether a model fits and how many
+# requests it holds. The concurrency and the refusal's length follow from them.
+CHECKED_METRICS = ("KV cache tokens", "KV cache GiB", "weights GiB")
+DEFAULT_TOLERANCE_PCT = 5.0
+
+
+def plan_check(rows: list[dict], tolerance_pct: float = DEFAULT_TOLERANCE_PCT) -> dict:
+    """The plan against the engine on the checked metrics: {tolerance_pct, errors: {metric: pct},
+    beyond: [one sentence per metric off by more than the tolerance]}."""
+    errors, beyond = {}, []
+    for row in rows:
+        if row["metric"] not in CHECKED_METRICS or row["error_pct"] is None:
+            continue
+        errors[row["metric"]] = row["error_pct"]
+        if abs(row["error_pct"]) > tolerance_pct:
+            beyond.append(
+                f"{row['metric']}: plan {_cell(row['predicted'])}, vLLM {_cell(row['measured'])} "
+                f"({row['error_pct']:+.1f}%)"
+            )
+    return {"tolerance_pct": tolerance_pct, "errors": errors, "beyond": beyond}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+
+
 def format_comparison(rows: list[dict]) -> list[str]:
     """The comparison as aligned text lines (for a debug task or a CLI)."""
 
-    def cell(value) -> str:
-        if value is None:
-            return "-"
-        return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
-
+    cell = _cell
     table = [("metric", "plan", "vLLM", "error")]
     for row in rows:
         err = row["error_pct"]

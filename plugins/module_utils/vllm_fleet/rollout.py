@@ -157,7 +157,9 @@ def prune_choice(children: list[tuple[str, float]], keep: int, protect: set[str]
     return remove, kept
 
 
-SUMMARY_COLUMNS = ("host", "model", "result", "what changed", "chat latency")
+SUMMARY_COLUMNS = ("host", "model", "result", "what changed", "plan vs vLLM", "chat latency")
+# The summary's plan-vs-engine cell: the error of each checked metric, shortly (issue 18).
+PLAN_CELL_METRICS = (("KV cache tokens", "KV tokens"), ("weights GiB", "weights"))
 CELL_CHARS = 140  # the JSON summary keeps the whole text
 
 
@@ -179,18 +181,37 @@ def summary_table(rows: list[dict], not_reached: list[str], unreachable: dict[st
                 row.get("model", "?"),
                 row.get("result", "?"),
                 _cell("; ".join(row.get("changes") or ["unchanged"])),
+                _plan_cell(row.get("plan_errors") or {}),
                 f"{latency:.2f} s" if isinstance(latency, (int, float)) else "-",
             )
         )
     for host, task in sorted((unreachable or {}).items()):
         why = f"stopped answering in '{task}': left as it was then; the next run gives it a full run"
-        lines.append((host, "-", "unreachable", _cell(why), "-"))
+        lines.append((host, "-", "unreachable", _cell(why), "-", "-"))
     for host in not_reached:
         why = "nothing changed (preflight refused it, or the play stopped first)"
-        lines.append((host, "-", "not reached", why, "-"))
+        lines.append((host, "-", "not reached", why, "-", "-"))
     widths = [max(len(str(r[i])) for r in [SUMMARY_COLUMNS, *lines]) for i in range(len(SUMMARY_COLUMNS))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*r).rstrip() for r in [SUMMARY_COLUMNS, *lines])
+    table = [fmt.format(*r).rstrip() for r in [SUMMARY_COLUMNS, *lines]]
+    return "\n".join(table + plan_warnings(rows))
+
+
+def _plan_cell(errors: dict) -> str:
+    parts = [f"{short} {errors[metric]:+.1f}%" for metric, short in PLAN_CELL_METRICS if errors.get(metric) is not None]
+    return ", ".join(parts) or "-"
+
+
+def plan_warnings(rows: list[dict]) -> list[str]:
+    """A line for each model whose start vLLM reported off the plan by more than the tolerance."""
+    return [
+        f"WARNING: {row.get('host')} {row.get('model')}: vLLM's start is off the plan beyond "
+        f"{row.get('plan_tolerance_pct'):g}%: {'; '.join(row['plan_beyond'])} -- the planner is off for "
+        "this GPU or model: calibrate it (vllm-fleet calibrate, docs/planner.md); "
+        "vllm_calibration_strict makes this a failed probe"
+        for row in rows
+        if row.get("plan_beyond")
+    ]
 
 
 def _latency(latencies: dict | None, name: str):
@@ -198,12 +219,16 @@ def _latency(latencies: dict | None, name: str):
     return value if isinstance(value, (int, float)) else None
 
 
-def rows_from_saves(saves: list[dict], latencies: dict | None, host: str) -> list[dict]:
-    """Summary rows of a host that passed: one per `vllm_last_good action=save` loop result."""
+def rows_from_saves(
+    saves: list[dict], latencies: dict | None, host: str, plan_checks: dict | None = None
+) -> list[dict]:
+    """Summary rows of a host that passed: one per `vllm_last_good action=save` loop result.
+    plan_checks: per model, the probe's plan against what vLLM reported (engine_report.plan_check)."""
     rows = []
     for save in saves:
         name = _loop_name(save)
         changed = bool(save.get("changed"))
+        check = (plan_checks or {}).get(name) or {}
         rows.append(
             {
                 "host": host,
@@ -211,6 +236,9 @@ def rows_from_saves(saves: list[dict], latencies: dict | None, host: str) -> lis
                 "result": "updated" if changed else "unchanged",
                 "changes": list(save.get("changes") or []),
                 "latency_s": _latency(latencies, name),
+                "plan_errors": dict(check.get("errors") or {}),
+                "plan_beyond": list(check.get("beyond") or []),
+                "plan_tolerance_pct": check.get("tolerance_pct"),
             }
         )
     return rows

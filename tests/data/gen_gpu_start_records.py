@@ -4,7 +4,7 @@ prediction for each case, term by term, beside what that vLLM start reported. Re
 kept too (the planner predicted their refusal); `vllm-fleet calibrate` fits only the starts with a
 KV cache.
 
-    .venv/bin/python bench/gpu/start_records.py > tests/data/gpu/starts.jsonl
+    .venv/bin/python tests/data/gen_gpu_start_records.py > tests/data/gpu/starts.jsonl
 
 A record is a snapshot of the plan made when it was written: later planner changes do not
 rewrite it (the calibration of a fleet works the same way).
