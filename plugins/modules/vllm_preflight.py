@@ -64,9 +64,9 @@ options:
         default: false
       cpu_kvcache_space_gib:
         description:
-          - CPU hosts, the GiB of KV cache the units get (vllm_service_cpu_kvcache_space_gib, the units'
-            VLLM_CPU_KVCACHE_SPACE). The plan predicts the KV cache vLLM's CPU build reports from it.
-        type: float
+          - CPU hosts, the whole GiB of KV cache the units get (vllm_service_cpu_kvcache_space_gib, the
+            units' VLLM_CPU_KVCACHE_SPACE). The plan predicts the KV cache vLLM's CPU build reports from it.
+        type: int
         default: 1
   revisions:
     description:
@@ -202,7 +202,7 @@ def main():
                     "environment": {"type": "dict", "default": {}},
                     "api_key_set": {"type": "bool", "default": False},
                     "allow_no_api_key": {"type": "bool", "default": False},
-                    "cpu_kvcache_space_gib": {"type": "float", "default": float(layout.CPU_KVCACHE_SPACE_GIB)},
+                    "cpu_kvcache_space_gib": {"type": "int", "default": layout.CPU_KVCACHE_SPACE_GIB},
                 },
             },
             "revisions": {"type": "list", "elements": "dict", "default": []},

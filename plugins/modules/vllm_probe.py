@@ -425,6 +425,8 @@ def run(module: AnsibleModule) -> tuple[dict, str | None]:
         paths = ["/health"] + [ENDPOINTS[name][0] for name in p["endpoints"]]
         paths += ["/metrics"] if p["endpoints"] else []
         result.update(healthy=None, health_wait_s=0.0, would_probe=[p["base_url"] + path for path in paths])
+        # No unit restarted: the journal is the running engine's, the plan may be the next one's.
+        result["plan_check"] = plan_check([], p["plan_tolerance_pct"])
         result["summary"] = [f"would probe {url}" for url in result["would_probe"]]
         return result, None
 

@@ -157,9 +157,13 @@ class TestTinyModelPasses:
     def test_check_mode_sends_nothing(self, probed):
         server, _, _, _ = probed
         before = posts(server)
-        result, answer = probe(server, "--check")
+        # A plan far from the running engine: in --check no unit restarted, so the running engine is
+        # not held to a plan that may be the next one's (nothing named, nothing failed).
+        wrong = {"kv_cache_gib": 2.0, "kv_tokens": 2 * kv_tokens_predicted(server.model_dir, 1.0), "max_model_len": 512}
+        result, answer = probe(server, "--check", plan=wrong, journal=server.log_text(), plan_strict=True)
         assert result.returncode == 0, result.output
         assert answer["changed"] is False and answer["healthy"] is None
+        assert answer["plan_check"]["beyond"] == [], answer["plan_check"]
         assert answer["would_probe"] == [
             f"{server.base_url}/health",
             f"{server.base_url}/v1/chat/completions",

@@ -52,6 +52,10 @@ def test_a_cpu_start_is_recorded_but_not_fitted():
     )
     assert record["measured"]["kv_tokens"] == report["kv_cache_tokens"] > 0
     assert record["plan"]["terms"] is None and record["errors"] == {}
+    # Even with a GPU plan's terms beside it, a CPU start is not fitted (its KV cache is a setting).
+    gpu_terms = records()[0]["plan"]["terms"]
+    with_terms = dict(record, plan=dict(record["plan"], terms=gpu_terms))
+    assert cal.calibrate([with_terms])["groups"][0]["terms"] == {}
     result = cal.calibrate([record])
     only = result["groups"][0]
     # The CPU build's KV cache is VLLM_CPU_KVCACHE_SPACE, not what is left of a GPU's budget:
@@ -71,8 +75,13 @@ def test_the_gpu_runs_are_fitted_per_gpu_and_version_within_one_percent():
 
 
 def _wrong_records():
-    # The planner as if its terms were badly off: 1.5 GiB non-torch, twice the activation.
-    wrong = {"non_torch_gib": {"value": 1.5, "starts": 1}, "activation_scale": {"value": 2.0, "starts": 1}}
+    # The planner as if its terms were badly off: 1.5 GiB non-torch, twice the activation, almost no
+    # CUDA graphs (a scale whose rounded terms would lose the graph start).
+    wrong = {
+        "non_torch_gib": {"value": 1.5, "starts": 1},
+        "activation_scale": {"value": 2.0, "starts": 1},
+        "cuda_graph_scale": {"value": 0.01, "starts": 1},
+    }
     return [r for r in _start_records_module().records(calibration=wrong) if r["gpu"]["name"] == "H100"], wrong
 
 
@@ -92,8 +101,8 @@ def test_the_fit_is_against_the_built_in_terms_whatever_a_record_was_planned_wit
         group(cal.calibrate(made), "H100")["terms"],
         group(cal.calibrate(plain), "H100")["terms"],
     )
-    for term in ("non_torch_gib", "activation_scale"):
-        assert fitted_wrong[term]["value"] == pytest.approx(fitted_plain[term]["value"], abs=0.02), term
+    # Exactly: the records keep the built-in activation and graph terms to 4 decimals.
+    assert fitted_wrong == fitted_plain
 
 
 def test_planning_with_the_fitted_terms_gives_what_calibrate_says_it_would():
@@ -130,12 +139,25 @@ def test_the_same_start_is_the_same_record():
     assert cal.record_key(first) == cal.record_key(dict(first, recorded_at="later"))
 
 
+def test_a_zero_graph_scale_is_planned_as_zero_not_as_unset():
+    facts = facts_from_config(QWEN_7B, name="Qwen1.5-7B-Chat")
+    h100 = {"name": "H100", "memory_bytes": 85017493504, "compute_capability": "9.0"}
+    zero = {"format": cal.FORMAT, "groups": [{"gpu": "H100", "vllm_version": "0.32.0", "terms": {}}]}
+    zero["groups"][0]["terms"]["cuda_graph_scale"] = {"value": 0.0, "starts": 3}
+    with_graphs = preflight.check(facts, [h100], {}, "0.32.0")
+    without = preflight.check(facts, [h100], {}, "0.32.0", calibration=cal.load_calibration(json.dumps(zero)))
+    assert with_graphs["terms"]["cuda_graph_gib"] > 0 and without["terms"]["cuda_graph_gib"] == 0.0
+    assert without["terms"]["cuda_graph_builtin_gib"] == with_graphs["terms"]["cuda_graph_builtin_gib"] > 0
+    assert without["kv_cache_gib"] > with_graphs["kv_cache_gib"]
+
+
 def test_a_calibration_file_is_checked_before_it_is_used():
     with pytest.raises(cal.CalibrationError, match="not a vllm-fleet calibration file"):
         cal.load_calibration('{"groups": []}', "c.json")
-    bad = {"format": cal.FORMAT, "groups": [{"gpu": "T4", "vllm_version": "0.32.0", "terms": {"vram": {"value": 1}}}]}
-    with pytest.raises(cal.CalibrationError, match="bad term vram"):
-        cal.load_calibration(json.dumps(bad), "c.json")
+    for term, entry in (("vram", {"value": 1, "starts": 1}), ("cuda_graph_scale", {"value": -0.2, "starts": 1})):
+        bad = {"format": cal.FORMAT, "groups": [{"gpu": "T4", "vllm_version": "0.32.0", "terms": {term: entry}}]}
+        with pytest.raises(cal.CalibrationError, match=f"bad term {term}"):
+            cal.load_calibration(json.dumps(bad), "c.json")
 
 
 def test_the_plan_says_which_terms_came_from_the_calibration_and_from_how_many_starts():
@@ -148,6 +170,10 @@ def test_the_plan_says_which_terms_came_from_the_calibration_and_from_how_many_s
     note = calibrated["calibration"]
     assert note["terms"] == group(calibration, "H100")["terms"]
     assert "non-torch GiB" in note["summary"] and "from 14 starts" in note["summary"], note
+    # A local version part ("0.26.0+cu121") is the same release.
+    assert preflight.check(facts, [h100], {"enforce-eager": True}, "0.26.0+cu121", calibration=calibration)[
+        "calibration"
+    ]["terms"]
     assert calibrated["kv_cache_gib"] != plain["kv_cache_gib"]
     assert "calibration: H100 on vLLM 0.26.0" in preflight.format_plan(calibrated)
     # Another GPU or vLLM version: the file is named as having nothing for it; built-in terms.
@@ -171,6 +197,7 @@ def test_cli_calibrate_writes_a_file_check_plans_with(tmp_path, capsys):
     assert cli.main([*argv, "--calibration", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
     assert cli.main(["calibrate", str(tmp_path / "missing.jsonl")]) == 2
+    assert cli.main(["calibrate", str(STARTS), "--write", str(tmp_path / "no" / "such" / "dir.json")]) == 2
 
 
 def test_the_plan_predicts_what_the_cpu_build_reports_about_its_kv_cache():

@@ -2,7 +2,7 @@
 probe reads becomes a record (what the plan predicted, term by term, beside what vLLM reported);
 `vllm-fleet calibrate RECORDS...` fits, per GPU name and vLLM version, the overhead terms that
 bring the planner's mean KV-cache error on those starts to zero; a calibration file holds them,
-and `vllm-fleet check --calibration FILE` / preflight's `calibration` option plan with them, the
+and `vllm-fleet check --calibration FILE` (preflight.check's ``calibration``) plans with them, the
 plan saying which terms came from it and from how many starts. Without a file the built-in terms
 (planner.py) stand: nothing is calibrated silently.
 
@@ -11,14 +11,16 @@ The budget vLLM sizes its KV cache from, per GPU of the stage that limits it (pl
     kv_cache = requested - weights - activation_scale x activation - non_torch
                - cuda_graph_scale x cuda_graphs   (graphs only when counted: not eager, >= 0.21)
 
-A record carries each term as the plan used it and the calibration (if any) it was made with, so
-a record made with a calibration is fitted against the built-in terms all the same.
+A record carries each term as the plan used it, and the activation and graph terms before any
+calibration scale, so a record made with a calibration is fitted against the built-in terms all
+the same.
 
 The fit, per (GPU name, vLLM version), from the starts whose KV cache vLLM reported:
-- eager starts (no graph term) give the non-torch memory each start needed to be exact; their
+- eager starts (no graph term counted) give the non-torch memory each start needed to be exact; their
   mean is the calibrated non_torch_gib. With three or more eager starts whose activation spans
   at least 2x, a least-squares line separates the activation scale from the constant;
-- starts with CUDA graphs then give the graph scale (a least-squares ratio through zero);
+- starts with CUDA graphs then give the graph scale (a least-squares ratio through zero, not
+  below zero);
 - a term without starts to fit it keeps its built-in value, and the file says so.
 Pure functions over plain dicts.
 """
@@ -105,7 +107,11 @@ def start_record(
         "driver": driver,
         "cuda": cuda,
         "device": device,
-        "vllm_version": report.get("vllm_version") or vllm_version or plan.get("vllm_version"),
+        # The release, without a local part ("0.32.0+cpu"): what a calibration file is looked up by.
+        "vllm_version": str(report.get("vllm_version") or vllm_version or plan.get("vllm_version") or "").split(
+            "+", maxsplit=1
+        )[0]
+        or None,
         "flags": {k: v for k, v in (flags or {}).items() if k in MEMORY_FLAGS},
         "plan": {
             "weights_gib": plan.get("weights_gib"),
@@ -122,6 +128,10 @@ def start_record(
         },
         "errors": {row["metric"]: row["error_pct"] for row in rows if row["error_pct"] is not None},
     }
+
+
+def _release(version) -> str | None:
+    return str(version).split("+", maxsplit=1)[0] if version else None
 
 
 def _first(report: dict, *keys):
@@ -161,17 +171,27 @@ def _built_in_terms(record: dict) -> dict | None:
     measured = (record.get("measured") or {}).get("kv_cache_gib")
     if not terms or measured is None or record.get("device") == "cpu" or measured <= 0:
         return None
-    used = (record.get("plan") or {}).get("calibration") or {}
+    if "activation_builtin_gib" in terms:
+        # The plan's own terms before any calibration scale, exact to 4 decimals.
+        activation = float(terms["activation_builtin_gib"])
+        graphs = float(terms["cuda_graph_builtin_gib"]) if terms.get("graphs_counted") else 0.0
+    else:
+        # A record from before those were kept: take the scales out of the rounded terms.
+        used = (record.get("plan") or {}).get("calibration") or {}
 
-    def scale(name):
-        entry = used.get(name)
-        return float(entry["value"]) if isinstance(entry, dict) and entry.get("value") else 1.0
+        def scale(name):
+            entry = used.get(name)
+            value = entry.get("value") if isinstance(entry, dict) else None
+            return float(value) if value else 1.0
 
+        activation = float(terms["activation_gib"]) / scale("activation_scale")
+        graphs = float(terms.get("cuda_graph_gib") or 0.0) / scale("cuda_graph_scale")
     return {
         "requested": float(terms["requested_gib"]),
         "weights": float(terms["weights_gib"]),
-        "activation": float(terms["activation_gib"]) / scale("activation_scale"),
-        "graphs": float(terms.get("cuda_graph_gib") or 0.0) / scale("cuda_graph_scale"),
+        "activation": activation,
+        "graphs": graphs,
+        "graphs_counted": bool(terms.get("graphs_counted", graphs > 0)),
         "measured_kv": float(measured),
     }
 
@@ -188,8 +208,8 @@ def _line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def fit_terms(budgets: list[dict]) -> dict:
     """The calibrated terms of one group: {term: {value, starts}}; a term with no starts to fit it
     is left out (the built-in value stands)."""
-    eager = [b for b in budgets if b["graphs"] == 0]
-    graphs = [b for b in budgets if b["graphs"] > 0]
+    eager = [b for b in budgets if not b["graphs_counted"]]
+    graphs = [b for b in budgets if b["graphs_counted"] and b["graphs"] > 0]
     terms: dict = {}
     non_torch, activation_scale = BUILT_IN["non_torch_gib"], 1.0
     if eager:
@@ -213,7 +233,9 @@ def fit_terms(budgets: list[dict]) -> dict:
         ]
         xs = [b["graphs"] for b in graphs]
         scale = sum(x * y for x, y in zip(xs, needed, strict=True)) / sum(x * x for x in xs)
-        terms["cuda_graph_scale"] = {"value": round(scale, 4), "starts": len(graphs)}
+        # Not below zero: no graph estimate at all is the least a start can need (a negative fit
+        # means the other terms over-count on these starts).
+        terms["cuda_graph_scale"] = {"value": round(max(scale, 0.0), 4), "starts": len(graphs)}
     return terms
 
 
@@ -222,7 +244,7 @@ def predicted_kv(budget: dict, terms: dict) -> float:
 
     def value(name):
         entry = terms.get(name)
-        return float(entry["value"]) if entry else float(BUILT_IN[name])
+        return float(BUILT_IN[name]) if entry is None else float(entry["value"])
 
     return (
         budget["requested"]
@@ -300,16 +322,21 @@ def load_calibration(text: str, name: str = "calibration file") -> dict:
     for group in data["groups"]:
         for term, entry in (group.get("terms") or {}).items():
             value = entry.get("value") if isinstance(entry, dict) else None
-            if term not in CALIBRATED_TERMS or not isinstance(value, (int, float)) or not math.isfinite(value):
+            starts = entry.get("starts") if isinstance(entry, dict) else None
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and isinstance(starts, int)
+            # A scale below zero (or an activation scale of zero) describes no engine.
+            ok = ok and term in CALIBRATED_TERMS and (term == "non_torch_gib" or value >= 0)
+            if not ok or (term == "activation_scale" and value == 0):
                 where = f"{group.get('gpu')} / vLLM {group.get('vllm_version')}"
-                raise CalibrationError(f"{name}: {where}: bad term {term}")
+                raise CalibrationError(f"{name}: {where}: bad term {term} (a number and its starts)")
     return data
 
 
 def terms_for(calibration: dict | None, gpu_name: str | None, vllm_version: str) -> dict | None:
     """The terms a calibration holds for this GPU and vLLM version, or None."""
+    release = _release(vllm_version)
     for group in (calibration or {}).get("groups") or []:
-        if group.get("gpu") == gpu_name and group.get("vllm_version") == vllm_version and group.get("terms"):
+        if group.get("gpu") == gpu_name and group.get("vllm_version") == release and group.get("terms"):
             return group["terms"]
     return None
 

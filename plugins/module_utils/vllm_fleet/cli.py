@@ -120,8 +120,12 @@ def calibrate_command(args) -> int:
         return 2
     result = calibrate(records)
     if args.write:
-        with open(args.write, "w", encoding="utf-8") as f:
-            f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        try:
+            with open(args.write, "w", encoding="utf-8") as f:
+                f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        except OSError as e:
+            sys.stderr.write(f"vllm-fleet: {args.write}: {e.strerror}\n")
+            return 2
     sys.stdout.write((json.dumps(result, indent=2) if args.json else format_calibration(result)) + "\n")
     return 0
 

@@ -157,6 +157,10 @@ class MemoryPlan:
     # The terms a calibration file replaced (calibration.py): {term: {value, starts, source}};
     # empty when the built-in terms stand.
     calibrated: dict = field(default_factory=dict)
+    # The limiting stage's activation and counted CUDA-graph terms before any calibration scale, to
+    # 4 decimals: what a start record keeps, so a re-calibration fits against the built-in terms.
+    activation_builtin_gib: float = 0.0
+    cuda_graph_builtin_gib: float = 0.0
 
     @property
     def max_concurrency(self) -> float:
@@ -595,18 +599,20 @@ CALIBRATED_TERMS = ("non_torch_gib", "activation_scale", "cuda_graph_scale")
 
 
 def calibrated_terms(calibration: dict | None) -> tuple[int, float, float]:
-    """Non-torch bytes and the activation and CUDA-graph scales: a calibration's, else built in."""
+    """Non-torch bytes and the activation and CUDA-graph scales: a calibration's, else built in.
+    A scale of 0 is a value (a vLLM that charges no graph estimate), not "unset"."""
     terms = calibration or {}
 
     def value(name: str):
         entry = terms.get(name)
-        return float(entry["value"]) if isinstance(entry, dict) and entry.get("value") is not None else None
+        found = entry.get("value") if isinstance(entry, dict) else None
+        return None if found is None else float(found)
 
-    non_torch = value("non_torch_gib")
+    non_torch, activation, graphs = value("non_torch_gib"), value("activation_scale"), value("cuda_graph_scale")
     return (
         NON_TORCH_BYTES if non_torch is None else int(non_torch * GIB),
-        value("activation_scale") or 1.0,
-        value("cuda_graph_scale") or 1.0,
+        1.0 if activation is None else activation,
+        1.0 if graphs is None else graphs,
     )
 
 
@@ -678,7 +684,7 @@ def plan_memory(
         weights = rank_weights + kernel_repack_bytes(facts, gpu, tp, pp, dtype_bytes, ep, stage)
         weights -= offloaded_bytes(facts, tp, rank_weights, cpu_offload_gb)
         weights += lora_bytes(facts, tp, pp, dtype_bytes, max_loras, max_lora_rank, ep, stage)
-        activation = activation_scale * activation_bytes(
+        built_in_activation = activation_bytes(
             facts,
             tp,
             tokens,
@@ -688,7 +694,8 @@ def plan_memory(
             expert_parallel=ep,
             v1_runner=uses_v1_runner(facts, vllm_version),
         )
-        graphs = graph_scale * cuda_graph_bytes(facts, pp, seqs, tokens, stage) if not enforce_eager else 0
+        built_in_graphs = cuda_graph_bytes(facts, pp, seqs, tokens, stage) if not enforce_eager else 0
+        activation, graphs = activation_scale * built_in_activation, graph_scale * built_in_graphs
         available = requested - weights - activation - non_torch_bytes - (graphs if graphs_counted else 0)
         first = sum(layer_counts[:stage])
         stages.append(
@@ -698,6 +705,8 @@ def plan_memory(
                 "weights": weights,
                 "activation": activation,
                 "graphs": graphs,
+                "built_in_activation": built_in_activation,
+                "built_in_graphs": built_in_graphs if graphs_counted else 0,
                 "available": available,
                 "num_blocks": max(int(available // (page * layers)), 0),
             }
@@ -841,6 +850,8 @@ def plan_memory(
         ],
         graphs_counted=graphs_counted,
         calibrated={k: dict(v) for k, v in (calibration or {}).items() if k in CALIBRATED_TERMS},
+        activation_builtin_gib=round(limiting["built_in_activation"] / GIB, 4),
+        cuda_graph_builtin_gib=round(limiting["built_in_graphs"] / GIB, 4),
     )
 
 

@@ -246,7 +246,7 @@ def check(
         # The budget of the GPU that limits the KV cache, term by term: what a start's record keeps
         # beside what vLLM reported, and what `vllm-fleet calibrate` fits (calibration.py).
         "terms": budget_terms(memory) if memory else None,
-        "calibration": calibration_note(calibration, gpu0["name"] if gpu0 else None, vllm_version, memory),
+        "calibration": calibration_note(calibration, memory.gpu_name if memory else None, vllm_version, memory),
     }
 
 
@@ -295,9 +295,10 @@ def _cpu_kv_cache_gib(item: dict, service: dict):
     for env in (service.get("vllm_service_environment") or {}, item.get("env") or {}):
         value = env.get("VLLM_CPU_KVCACHE_SPACE", value)
     try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None  # not a number: vLLM will say so; the plan predicts nothing
+        # Whole GiB, as vLLM reads it (vllm/envs.py: int(VLLM_CPU_KVCACHE_SPACE)).
+        return int(str(value)) if value is not None else None
+    except ValueError:
+        return None  # not a whole number: vLLM will refuse it; the plan predicts nothing
 
 
 def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, facts_for=None) -> dict:
@@ -478,6 +479,10 @@ def budget_terms(memory) -> dict:
         "activation_gib": memory.activation_gib,
         "non_torch_gib": memory.non_torch_gib,
         "cuda_graph_gib": memory.cuda_graph_gib if memory.graphs_counted else 0.0,
+        # Before any calibration's scale, exact to 4 decimals: what `vllm-fleet calibrate` fits.
+        "activation_builtin_gib": memory.activation_builtin_gib,
+        "cuda_graph_builtin_gib": memory.cuda_graph_builtin_gib,
+        "graphs_counted": memory.graphs_counted,
         "enforce_eager": memory.enforce_eager,
         "gpu_memory_utilization": memory.gpu_memory_utilization,
         "max_num_batched_tokens": memory.max_num_batched_tokens,
