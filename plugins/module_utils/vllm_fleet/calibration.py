@@ -32,30 +32,10 @@ import math
 
 from .engine_report import compare_with_plan, error_pct
 from .planner import CALIBRATED_TERMS, GIB, NON_TORCH_BYTES
+from .serve_flag_labels import NO_MEMORY_EFFECT, label_of
 
 FORMAT = "vllm-fleet-calibration/1"
 RECORD_FORMAT = "vllm-fleet-start/1"
-
-# The flags that change vLLM's memory budget: kept in a record, so a start can be told apart.
-MEMORY_FLAGS = (
-    "tensor-parallel-size",
-    "pipeline-parallel-size",
-    "gpu-memory-utilization",
-    "max-model-len",
-    "max-num-seqs",
-    "max-num-batched-tokens",
-    "enforce-eager",
-    "dtype",
-    "kv-cache-dtype",
-    "quantization",
-    "block-size",
-    "cpu-offload-gb",
-    "enable-expert-parallel",
-    "enable-lora",
-    "max-loras",
-    "max-lora-rank",
-    "compilation-config",
-)
 
 BUILT_IN = {"non_torch_gib": round(NON_TORCH_BYTES / GIB, 3), "activation_scale": 1.0, "cuda_graph_scale": 1.0}
 TERM_LABELS = {
@@ -112,7 +92,7 @@ def start_record(
             "+", maxsplit=1
         )[0]
         or None,
-        "flags": {k: v for k, v in (flags or {}).items() if k in MEMORY_FLAGS},
+        "flags": {k: v for k, v in (flags or {}).items() if _changes_memory(k)},
         "plan": {
             "weights_gib": plan.get("weights_gib"),
             "kv_cache_gib": plan.get("kv_cache_gib"),
@@ -128,6 +108,12 @@ def start_record(
         },
         "errors": {row["metric"]: row["error_pct"] for row in rows if row["error_pct"] is not None},
     }
+
+
+def _changes_memory(flag: str) -> bool:
+    """Whether a flag changes vLLM's memory (modeled by the planner or not): serve_flag_labels."""
+    label = label_of(flag)
+    return label is not None and label[0] != NO_MEMORY_EFFECT
 
 
 def _release(version) -> str | None:
@@ -165,33 +151,24 @@ def record_key(record: dict) -> tuple:
 
 
 def _built_in_terms(record: dict) -> dict | None:
-    """A record's budget with the calibration it was planned with taken out, or None when the
-    record cannot be fitted (no plan terms, no KV cache reported, a CPU start)."""
+    """A record's budget with the plan's built-in activation and graph terms (whatever calibration
+    it was planned with), or None when the record cannot be fitted (no plan terms, no KV cache
+    reported, a CPU start)."""
     terms = (record.get("plan") or {}).get("terms")
     measured = (record.get("measured") or {}).get("kv_cache_gib")
     if not terms or measured is None or record.get("device") == "cpu" or measured <= 0:
         return None
-    if "activation_builtin_gib" in terms:
-        # The plan's own terms before any calibration scale, exact to 4 decimals.
-        activation = float(terms["activation_builtin_gib"])
-        graphs = float(terms["cuda_graph_builtin_gib"]) if terms.get("graphs_counted") else 0.0
-    else:
-        # A record from before those were kept: take the scales out of the rounded terms.
-        used = (record.get("plan") or {}).get("calibration") or {}
-
-        def scale(name):
-            entry = used.get(name)
-            value = entry.get("value") if isinstance(entry, dict) else None
-            return float(value) if value else 1.0
-
-        activation = float(terms["activation_gib"]) / scale("activation_scale")
-        graphs = float(terms.get("cuda_graph_gib") or 0.0) / scale("cuda_graph_scale")
+    if "activation_builtin_gib" not in terms:
+        return None  # not a plan's budget_terms: nothing to fit against
+    # The plan's own terms before any calibration scale, exact to 4 decimals.
+    activation = float(terms["activation_builtin_gib"])
+    graphs = float(terms["cuda_graph_builtin_gib"]) if terms.get("graphs_counted") else 0.0
     return {
         "requested": float(terms["requested_gib"]),
         "weights": float(terms["weights_gib"]),
         "activation": activation,
         "graphs": graphs,
-        "graphs_counted": bool(terms.get("graphs_counted", graphs > 0)),
+        "graphs_counted": bool(terms.get("graphs_counted")),
         "measured_kv": float(measured),
     }
 

@@ -213,15 +213,14 @@ def _cell(value) -> str:
 def format_comparison(rows: list[dict]) -> list[str]:
     """The comparison as aligned text lines (for a debug task or a CLI)."""
 
-    cell = _cell
     table = [("metric", "plan", "vLLM", "error")]
     for row in rows:
         err = row["error_pct"]
         table.append(
             (
                 row["metric"],
-                cell(row["predicted"]),
-                cell(row["measured"]),
+                _cell(row["predicted"]),
+                _cell(row["measured"]),
                 "-" if err is None else f"{err:+.1f}%",
             )
         )
