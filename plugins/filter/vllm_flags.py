@@ -94,8 +94,13 @@ def vllm_plan_problem_line(problem, who):
 
 
 def vllm_plan_problems(plan):
-    """The error lines (with fixes) of a model's plan."""
-    return [vllm_plan_problem_line(e, plan.get("model")) for e in plan.get("errors") or []]
+    """The error and warning lines (with fixes) of a model's plan (a warning such as
+    flag-not-modeled says what the figures leave out), and what it used of a calibration file."""
+    lines = [vllm_plan_problem_line(e, plan.get("model")) for e in (plan.get("errors") or [])]
+    lines += [vllm_plan_problem_line(w, plan.get("model")) for w in (plan.get("warnings") or [])]
+    if plan.get("calibration"):
+        lines.append(f"{plan.get('model')}: calibration: {plan['calibration']['summary']}")
+    return lines
 
 
 class FilterModule:

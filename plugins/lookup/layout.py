@@ -22,9 +22,9 @@ options:
       - Names to look up, one value each. C(vllm_version), C(runtime_root), C(environments_root),
         C(env_dir), C(state_dir), C(models_root), C(last_good_dir), C(converged_path), C(report_dir),
         C(unit_dir), C(config_dir), C(bind_address), C(api_key_setting), C(api_keys_subdir),
-        C(runtime_manager), C(runtime_extra_packages), C(cpu_removed_packages), C(host_python),
-        C(host_python_version), C(controller_cache) (C($VLLM_FLEET_CACHE) when set),
-        C(collection_root), C(model_configs_dir).
+        C(revisions_record), C(start_records_subdir), C(cpu_kvcache_space_gib), C(runtime_manager),
+        C(runtime_extra_packages), C(cpu_removed_packages), C(host_python), C(host_python_version),
+        C(controller_cache) (C($VLLM_FLEET_CACHE) when set), C(collection_root), C(model_configs_dir).
     required: true
   version:
     description: For C(env_dir), the vLLM release (empty means the pinned one).

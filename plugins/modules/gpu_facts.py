@@ -9,8 +9,9 @@ module: gpu_facts
 short_description: Report a host's NVIDIA GPUs (name, memory, compute capability)
 version_added: "0.1.0"
 description:
-  - Runs C(nvidia-smi --query-gpu=index,name,memory.total,compute_cap --format=csv,noheader,nounits)
-    when nvidia-smi is on the host, and resolves each GPU through the vllm-fleet GPU catalog.
+  - Runs C(nvidia-smi --query-gpu=index,name,memory.total,compute_cap,driver_version
+    --format=csv,noheader,nounits) when nvidia-smi is on the host, and resolves each GPU through
+    the vllm-fleet GPU catalog.
   - Without nvidia-smi (test hosts), or with O(detect=false) (planning from the controller), it
     returns the GPUs declared in O(declared) (the inventory's C(vllm_gpus)), resolved through the
     catalog, with C(detected=false).
@@ -72,7 +73,13 @@ gpus:
   returned: always
   type: list
   elements: dict
-  sample: [{index: 0, name: T4, reported_name: Tesla T4, memory_mib: 15360, compute_capability: "7.5"}]
+  sample:
+    - index: 0
+      name: T4
+      reported_name: Tesla T4
+      memory_mib: 15360
+      compute_capability: "7.5"
+      driver_version: "550.54.15"
 detected:
   description: True when the list came from nvidia-smi, false when from the inventory.
   returned: always
@@ -93,7 +100,7 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.gpus i
     resolve,
 )
 
-QUERY = ["--query-gpu=index,name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
+QUERY = ["--query-gpu=index,name,memory.total,compute_cap,driver_version", "--format=csv,noheader,nounits"]
 
 
 def main():

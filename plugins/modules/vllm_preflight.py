@@ -115,6 +115,14 @@ options:
       - Judged by the cluster rules (docs/preflight.md), and the model is planned on every member's GPUs.
     type: dict
     default: {}
+  calibration:
+    description:
+      - A calibration file on the controller (C(vllm-fleet calibrate --write), docs/planner.md). The
+        plans use the terms it holds for the host's GPU and the vLLM version, and each plan says which
+        terms and from how many starts (C(calibration)), or that the file has nothing for them.
+      - Omitted means the planner's built-in terms. A file that cannot be read or is not a
+        calibration file fails the module.
+    type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - vllm_fleet.fleet.module
@@ -173,6 +181,10 @@ refused:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.calibration import (
+    CalibrationError,
+    load_calibration,
+)
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.preflight import check_host
 
@@ -214,6 +226,7 @@ def main():
             "hub_token": {"type": "str", "no_log": True},
             "host": {"type": "str", "default": ""},
             "cluster_members": {"type": "dict", "default": {}},
+            "calibration": {"type": "path"},
         },
         supports_check_mode=True,
     )
@@ -250,7 +263,18 @@ def main():
             "cpu_kvcache_space_gib": service["cpu_kvcache_space_gib"],
         },
     }
-    plan = check_host(host_vars, detected_gpus=p["gpus"] or None, facts_for=facts_for)
+    calibration = None
+    if p["calibration"]:
+        # A file the operator named that cannot be used refuses the host: planning with the built-in
+        # terms instead would be the silent fallback the calibration loop exists to avoid.
+        try:
+            with open(p["calibration"], encoding="utf-8") as f:
+                calibration = load_calibration(f.read(), p["calibration"])
+        except OSError as e:
+            module.fail_json(msg=f"calibration file {p['calibration']}: {e.strerror} (vllm_calibration_file)")
+        except CalibrationError as e:
+            module.fail_json(msg=f"{e} (vllm_calibration_file)")
+    plan = check_host(host_vars, detected_gpus=p["gpus"] or None, facts_for=facts_for, calibration=calibration)
     refused = [m["model"] for m in plan["models"] if m["verdict"] == "refused"]
     if plan["verdict"] == "refused":
         module.fail_json(msg="preflight refused this host:\n" + _summary(plan), plan=plan, refused=refused)

@@ -70,7 +70,7 @@ def gpu_host(tmp_path, detected_csv: str):
 
 
 def test_declared_gpus_that_differ_from_the_detected_ones_refuse_the_host_with_both_lists(tmp_path):
-    inventory, env = gpu_host(tmp_path, "0, Tesla T4, 15360, 7.5\\n")
+    inventory, env = gpu_host(tmp_path, "0, Tesla T4, 15360, 7.5, 550.54.15\\n")
     refused = ansible_run.playbook("-i", str(inventory), "playbooks/preflight.yml", env=env)
     assert refused.returncode != 0
     assert (
@@ -85,7 +85,7 @@ def test_declared_gpus_that_differ_from_the_detected_ones_refuse_the_host_with_b
 
 
 def test_declared_gpus_that_match_pass_and_detection_off_never_asks_nvidia_smi(tmp_path):
-    inventory, env = gpu_host(tmp_path, "0, Tesla T4, 15360, 7.5\\n1, Tesla T4, 15360, 7.5\\n")
+    inventory, env = gpu_host(tmp_path, "0, Tesla T4, 15360, 7.5, 550.54.15\\n1, Tesla T4, 15360, 7.5, 550.54.15\\n")
     accepted = ansible_run.playbook("-i", str(inventory), "playbooks/preflight.yml", env=env)
     assert accepted.returncode == 0, accepted.output[-3000:]
     assert (tmp_path / "nvidia-smi-ran").exists()

@@ -12,7 +12,10 @@
 5. site.yml with v2 again: hosts 2 and 3 take the fast path (nothing runs on them), host 1 alone
    is deployed;
 6. v4 in batches of two: host 2 loses its network mid-change; no further batch starts, host 3 is
-   untouched; the next run converges.
+   untouched; the next run converges;
+7. a change whose start is off the plan (a flag the planner does not model) with
+   vllm_calibration_strict: the canary is put back, the reason in the summary; without strict, the
+   summary warns; every start the probes read is one record on the controller (issue 18).
 Between 1 and 2, the fleet is watched (issue 16): a real Prometheus scrapes the three servers
 through the target files site.yml wrote, and status.yml reports them; the target files then follow
 each later run.
@@ -127,6 +130,7 @@ class Fleet:
         self.outputs: list[str] = []
         # Where deploy.yml writes the Prometheus targets (the controller is the monitoring host).
         self.targets = tmp / "prometheus-targets"
+        self.records = tmp / "starts"
 
     def host(self, name: str):
         return next(h for h in self.hosts if h.name == name)
@@ -135,10 +139,17 @@ class Fleet:
         """The commit a tag names: what site.yml resolves it to, and the directory the unit serves."""
         return self.hub.commit(TINY, tag)
 
-    def play(self, playbook: str, *args: str, revision: str | None = None, serial=None):
-        extra: dict = {"vllm_monitoring_targets_dir": str(self.targets)}
+    def play(self, playbook: str, *args: str, revision: str | None = None, serial=None, models=None, **more):
+        extra: dict = {
+            "vllm_monitoring_targets_dir": str(self.targets),
+            # Every start the probes read, kept on the controller (issue 18): here, not in the repo.
+            "vllm_calibration_records_dir": str(self.records),
+            **more,
+        }
         if revision is not None:
             extra["vllm_models"] = [tiny(revision)]
+        if models is not None:
+            extra["vllm_models"] = models
         if serial is not None:
             extra["vllm_rollout_serial"] = serial
         summary = self.tmp / f"summary-{len(self.outputs)}.json"
@@ -523,6 +534,62 @@ def test_a_host_that_stops_answering_mid_batch_stops_the_rollout_and_the_next_ru
         status, _text = chat(host)
         assert status == 200
     assert {labels["revision"] for labels in target_labels(fleet).values()} == {v4}
+
+
+def test_strict_mode_puts_back_a_start_off_the_plan_and_every_start_is_one_record(fleet, converged):
+    # Issue 18. --num-gpu-blocks-override is a flag the planner does not model (the plan says so,
+    # rule flag-not-modeled): vLLM's CPU KV cache is then 64 blocks of 128 tokens, not the 1 GiB
+    # (1,048,576 tokens) the plan predicts from the unit's VLLM_CPU_KVCACHE_SPACE.
+    canary, *others = fleet.hosts
+    v4 = fleet.commit("v4")
+    before = {h.name: unit_state(h) for h in others}
+    off_plan = dict(tiny("v4"), flags={**tiny("v4")["flags"], "num-gpu-blocks-override": 64})
+    strict = fleet.play("site.yml", models=[off_plan], vllm_calibration_strict=True)
+    print(f"\n[rollout] strict mode, a start off the plan: stopped at the canary after {strict.seconds:.0f} s")
+    assert strict.returncode != 0
+    assert strict.output.count(PLAY) == 1, "a batch after the canary started"
+    rows = rows_by_host(strict)
+    assert rows[canary.name]["result"] == "rolled back", rows
+    assert rows[canary.name]["changes"][0] == f"back to vllm-fleet/tiny-qwen2@v4 ({v4[:12]}), vllm 0.32.0"
+    reason = rows[canary.name]["changes"][1]
+    assert "disagrees with the plan beyond 5% (vllm_calibration_strict)" in reason, rows
+    assert "KV cache tokens: plan 1,048,576, vLLM 8,192" in reason, rows
+    assert strict.summary["not_reached"] == [h.name for h in others]
+    assert "num-gpu-blocks-override" not in testhosts.ssh(canary, f"grep ^ExecStart= {UNIT}").stdout
+    assert complete(canary)[0] == 200
+    assert {h.name: unit_state(h) for h in others} == before
+
+    # Without strict the same change deploys (the canary alone), and the summary warns.
+    warned = fleet.play("site.yml", "-l", canary.name, models=[off_plan])
+    print(f"\n[rollout] the same change without strict: {warned.seconds:.0f} s")
+    assert warned.returncode == 0, warned.output[-6000:]
+    assert f"WARNING: {canary.name} tiny: vLLM's start is off the plan beyond 5%" in warned.output
+    assert rows_by_host(warned)[canary.name]["result"] == "updated"
+    assert "num-gpu-blocks-override" in testhosts.ssh(canary, f"grep ^ExecStart= {UNIT}").stdout
+
+    # Every start a probe read is one record on the controller, the failed and the restored ones too.
+    records = {h.name: [json.loads(line) for line in (fleet.records / f"{h.name}.jsonl").read_text().splitlines()]
+               for h in fleet.hosts}  # fmt: skip
+    for name, kept in records.items():
+        assert len({r["start"] for r in kept}) == len(kept), f"{name}: a start recorded twice"
+        assert all(r["host"] == name and r["model"] == "tiny" and r["device"] == "cpu" for r in kept)
+    *_, off, restored, deployed = records[canary.name]
+    assert off["flags"]["num-gpu-blocks-override"] == 64 and off["measured"]["kv_tokens"] == 8192
+    assert off["plan"]["kv_tokens"] == 1_048_576 and off["errors"]["KV cache tokens"] == 12700.0  # 128x over
+    assert "num-gpu-blocks-override" not in restored["flags"] and restored["measured"]["kv_tokens"] == 1_048_576
+    assert deployed["measured"]["kv_tokens"] == 8192
+    # Every start of the file's tests, each once: the canary's v1, v2, v3 (failed) and v2 put back,
+    # v1 (rollback.yml), v2, v4, then these three; the others' v1, v2 and v4. The starts of states
+    # put back were probed without a plan: their records keep what vLLM reported.
+    counts = {name: len(kept) for name, kept in records.items()}
+    assert counts == {canary.name: 10, **{h.name: 3 for h in others}}, counts
+    assert restored["plan"]["kv_tokens"] is None
+    # A probe of the same starts adds nothing.
+    files = {h.name: (fleet.records / f"{h.name}.jsonl").read_bytes() for h in fleet.hosts}
+    probed = fleet.play("playbooks/probe.yml", models=[off_plan])
+    assert probed.returncode == 0, probed.output[-4000:]
+    assert set(probed.changed().values()) == {0}, probed.recap()
+    assert {h.name: (fleet.records / f"{h.name}.jsonl").read_bytes() for h in fleet.hosts} == files
 
 
 def metrics_text(host) -> str:

@@ -230,3 +230,36 @@ def test_check_host_plans_the_cpu_kv_cache_the_unit_will_get():
     own = dict(item, flags={"max-model-len": 512}, env={"VLLM_CPU_KVCACHE_SPACE": "2"})
     two = preflight.check_host(dict(host_vars, vllm_models=[own]), facts_for=lambda _item: facts)["models"][0]
     assert two["kv_cache_gib"] == 2.0 and two["kv_tokens"] == 2 * 1_048_576
+
+
+def test_each_start_is_appended_once_and_damage_is_not_written_past():
+    report = parse_engine_report(CPU_START)
+    first = cal.start_record(host="vf1", model="tiny", start="inv-1", plan=None, report=report, device="cpu")
+    line = cal.new_record_line("", first)
+    assert json.loads(line) == json.loads(json.dumps(first)) and line.endswith("\n")
+    # The same start (a re-run that found the unit as it was) adds nothing; the next start does.
+    assert cal.new_record_line(line, first) is None
+    second = dict(first, start="inv-2")
+    assert cal.new_record_line(line, second) is not None
+    # The same start of another model or host is another record.
+    assert cal.new_record_line(line, dict(first, host="vf2")) is not None
+    with pytest.raises(cal.CalibrationError, match=r"vf1.jsonl:2: not JSON"):
+        cal.new_record_line(line + '{"format": "vllm-fleet-st\n', second, "vf1.jsonl")
+
+
+def test_cli_calibrate_reads_a_records_directory_as_its_files(tmp_path, capsys):
+    # The probe keeps one file per host in the inventory's .vllm-starts/: the directory is the input.
+    lines = STARTS.read_text().splitlines(keepends=True)
+    starts = tmp_path / ".vllm-starts"
+    starts.mkdir()
+    (starts / "h100-a.jsonl").write_text("".join(lines[::2]))
+    (starts / "h100-b.jsonl").write_text("".join(lines[1::2]))
+    (starts / "notes.txt").write_text("not records: left alone\n")
+    assert cli.main(["calibrate", str(starts), "--json"]) == 0
+    from_dir = json.loads(capsys.readouterr().out)
+    assert cli.main(["calibrate", str(STARTS), "--json"]) == 0
+    assert from_dir == json.loads(capsys.readouterr().out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["calibrate", str(empty)]) == 2
+    assert "no start records" in capsys.readouterr().err

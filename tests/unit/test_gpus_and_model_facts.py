@@ -206,3 +206,10 @@ def test_rope_scaling_extends_the_supported_length():
         }
     )
     assert f.max_supported_len == 131072
+
+
+def test_the_driver_column_is_kept_when_nvidia_smi_gives_it():
+    # gpu_facts asks for driver_version too: the probe's start records keep it (calibration.py).
+    t4, old = gpus.parse_nvidia_smi("0, Tesla T4, 15360, 7.5, 550.54.15\n1, Tesla T4, 15360, 7.5\n")
+    assert (t4["name"], t4["driver_version"], t4["memory_mib"]) == ("T4", "550.54.15", 15360)
+    assert "driver_version" not in old

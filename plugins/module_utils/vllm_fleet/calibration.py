@@ -147,6 +147,15 @@ def record_key(record: dict) -> tuple:
     return (record.get("host"), record.get("model"), record.get("start"))
 
 
+def new_record_line(existing: str, record: dict, name: str = "records file") -> str | None:
+    """The JSON line to append to a records file whose text is ``existing``, or None when a record
+    of the same start is already there (a re-run adds nothing). A damaged file raises
+    CalibrationError: appending after damage would hide it."""
+    if any(record_key(r) == record_key(record) for r in read_records([(name, existing)])):
+        return None
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
 # --- the fit ---------------------------------------------------------------------------------
 
 

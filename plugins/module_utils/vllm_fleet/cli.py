@@ -1,5 +1,5 @@
 """`vllm-fleet check MODEL --gpu T4 [--gpu-count N] [--calibration FILE] [vllm serve flags...] [--json]`
-and `vllm-fleet calibrate RECORDS... [--write FILE] [--json]`.
+and `vllm-fleet calibrate RECORDS... [--write FILE] [--json]` (a directory: its *.jsonl files).
 
 check: MODEL is a local model directory, a path to a config.json, or a repo id (owner/name) found
 in model_configs/ or fetched from the hub. Every other argument is a `vllm serve` flag, spelled as
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .calibration import CalibrationError, calibrate, format_calibration, load_calibration, read_records
@@ -98,7 +99,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Per GPU and vLLM version: the planner's error on the recorded starts, before "
         "and after the fitted terms.",
     )
-    k.add_argument("records", nargs="+", help="start records (JSON lines) the probe kept")
+    k.add_argument(
+        "records",
+        nargs="+",
+        help="start records (JSON lines) the probe kept, or their directory (the inventory's .vllm-starts/)",
+    )
     k.add_argument("--write", default=None, metavar="FILE", help="save the fitted terms as a calibration file")
     k.add_argument("--json", action="store_true", help="print the calibration as JSON")
     return p
@@ -112,9 +117,23 @@ def _read(path: str) -> str:
         raise CalibrationError(f"{path}: {e.strerror}") from e
 
 
+def _record_files(paths: list[str]) -> list[str]:
+    """Files as given; a directory gives its *.jsonl files (one per host), and none is an error."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".jsonl"))
+            if not found:
+                raise CalibrationError(f"{path}: no start records (*.jsonl) in this directory")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
 def calibrate_command(args) -> int:
     try:
-        records = read_records([(path, _read(path)) for path in args.records])
+        records = read_records([(path, _read(path)) for path in _record_files(args.records)])
     except CalibrationError as e:
         sys.stderr.write(f"vllm-fleet: {e}\n")
         return 2

@@ -165,8 +165,9 @@ def usable_bytes(gpu: dict) -> int:
 
 
 def parse_nvidia_smi(csv_text: str) -> list[dict]:
-    """GPUs from `nvidia-smi --query-gpu=index,name,memory.total,compute_cap
-    --format=csv,noheader,nounits`; unknown models keep the numbers nvidia-smi gives."""
+    """GPUs from `nvidia-smi --query-gpu=index,name,memory.total,compute_cap[,driver_version]
+    --format=csv,noheader,nounits`; unknown models keep the numbers nvidia-smi gives. The driver,
+    when asked for, goes into the start records the probe keeps (calibration.py)."""
     gpus = []
     for line in csv_text.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
@@ -175,5 +176,7 @@ def parse_nvidia_smi(csv_text: str) -> list[dict]:
         index, name, mib, cc = parts[:4]
         gpu = resolve({"name": name, "memory_mib": int(float(mib)), "compute_capability": cc})
         gpu["index"] = int(index)
+        if len(parts) > 4 and parts[4]:
+            gpu["driver_version"] = parts[4]
         gpus.append(gpu)
     return gpus

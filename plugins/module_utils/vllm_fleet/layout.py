@@ -41,6 +41,9 @@ API_KEYS_SUBDIR = ".vllm-api-keys"
 # Beside the inventory, for the same reason: what each branch or tag resolved to last time
 # (revisions.py), so a run can say that one moved.
 REVISIONS_RECORD = ".vllm-revisions.json"
+# Beside the inventory too: every start of vLLM a probe read, one JSON-lines file per host
+# (calibration.py; `vllm-fleet calibrate` reads them). Data the fleet measured: kept, never pruned.
+START_RECORDS_SUBDIR = ".vllm-starts"
 
 # On the controller: wheelhouses and the models mirror ($VLLM_FLEET_CACHE moves it).
 CONTROLLER_CACHE = "/var/cache/vllm-fleet"
@@ -157,6 +160,7 @@ def values() -> dict:
         "bind_address": BIND_ADDRESS,
         "api_keys_subdir": API_KEYS_SUBDIR,
         "revisions_record": REVISIONS_RECORD,
+        "start_records_subdir": START_RECORDS_SUBDIR,
         "api_key_setting": API_KEY_SETTING,
         "runtime_manager": RUNTIME_MANAGER,
         "runtime_extra_packages": list(RUNTIME_EXTRA_PACKAGES),

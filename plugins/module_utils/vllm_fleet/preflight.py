@@ -301,11 +301,14 @@ def _cpu_kv_cache_gib(item: dict, service: dict):
         return None  # not a whole number: vLLM will refuse it; the plan predicts nothing
 
 
-def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, facts_for=None) -> dict:
+def check_host(
+    host_vars: dict, *, detected_gpus: list[dict] | None = None, facts_for=None, calibration: dict | None = None
+) -> dict:
     """Every problem of one host at once: each model's plan, then the host-wide rules.
 
     ``facts_for(model_item) -> ModelFacts`` resolves a model's config (hub_configs.load_facts by
-    default: a local dir, model_configs/, the cache, or the hub).
+    default: a local dir, model_configs/, the cache, or the hub). ``calibration``: a calibration
+    file's content, as check() takes it (each plan says what it used of it).
     """
     version = str(host_vars.get("vllm_version") or DEFAULT_VLLM_VERSION)
     device = host_vars.get("vllm_device") or "cuda"
@@ -377,6 +380,7 @@ def check_host(host_vars: dict, *, detected_gpus: list[dict] | None = None, fact
             gpu_indices=indices,
             allow_unmodeled=bool(item.get("allow_unmodeled")),
             device=device,
+            calibration=calibration,
             cpu_kv_cache_gib=_cpu_kv_cache_gib(item, service) if device == "cpu" else None,
         )
         if device == "cpu":  # no GPU rules on a CPU host: only shapes, flags and lengths count

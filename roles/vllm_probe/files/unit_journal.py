@@ -5,10 +5,12 @@ the controller: not in the command line (ps, -vvv), not in a registered result (
 whole), not in a failure message. A vLLM error that echoes a flag or a header can put the key in
 the journal; the operator still reads everything else.
 
-    unit_journal.py UNIT ENV_FILE since-start     the lines since the unit last started (plain)
+    unit_journal.py UNIT ENV_FILE since-start     JSON: {"invocation": the unit's systemd InvocationID,
+                                                  "journal": the lines of that start (plain)}
     unit_journal.py UNIT ENV_FILE tail N          the last N lines (short-iso timestamps)
 """
 
+import json
 import subprocess
 import sys
 
@@ -26,24 +28,37 @@ def key_in(env_file: str) -> str:
     return ""
 
 
-def journal(unit: str, mode: str, lines: str) -> str:
-    if mode == "since-start":
-        invocation = subprocess.run(
-            ["systemctl", "show", "-p", "InvocationID", "--value", unit], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        argv = ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}"]
-        text = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-        return "\n".join(text.splitlines()[-2000:])
+def invocation_of(unit: str) -> str:
+    """The ID systemd gives each start of a unit: what tells one start of vLLM from the next
+    (the probe's start records are keyed by it, so a re-run adds none)."""
+    argv = ["systemctl", "show", "-p", "InvocationID", "--value", unit]
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def since_start(unit: str, invocation: str) -> str:
+    argv = ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}"]
+    text = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    return "\n".join(text.splitlines()[-2000:])
+
+
+def tail(unit: str, lines: str) -> str:
     argv = ["journalctl", "--no-pager", "-o", "short-iso", "-n", lines, "-u", unit]
     return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.rstrip("\n")
 
 
 def main() -> int:
     unit, env_file, mode = sys.argv[1:4]
-    lines = sys.argv[4] if len(sys.argv) > 4 else "60"
-    text = journal(unit, mode, lines)
     key = key_in(env_file)
-    print(text.replace(key, HIDDEN) if key else text)
+
+    def hidden(text: str) -> str:
+        return text.replace(key, HIDDEN) if key else text
+
+    if mode == "since-start":
+        # One read of the ID for both: the lines are those of the start the ID names.
+        invocation = invocation_of(unit)
+        print(json.dumps({"invocation": invocation, "journal": hidden(since_start(unit, invocation))}))
+    else:
+        print(hidden(tail(unit, sys.argv[4] if len(sys.argv) > 4 else "60")))
     return 0
 
 
