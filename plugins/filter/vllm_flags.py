@@ -89,15 +89,17 @@ def _revision_cell(plan):
     return f"{revision}@{commit[:12] if commit else '?'}"
 
 
-def vllm_plan_problem_line(problem, who):
-    return f"{who}: [{problem['rule']}] {problem['message']} -- fix: {problem['fix']}"
+def vllm_plan_problem_line(problem, who, kind=""):
+    """`who: [rule] message -- fix: ...`; a warning (kind "warning") says so before its rule."""
+    label = f"{kind} [{problem['rule']}]" if kind else f"[{problem['rule']}]"
+    return f"{who}: {label} {problem['message']} -- fix: {problem['fix']}"
 
 
 def vllm_plan_problems(plan):
     """The error and warning lines (with fixes) of a model's plan (a warning such as
     flag-not-modeled says what the figures leave out), and what it used of a calibration file."""
     lines = [vllm_plan_problem_line(e, plan.get("model")) for e in (plan.get("errors") or [])]
-    lines += [vllm_plan_problem_line(w, plan.get("model")) for w in (plan.get("warnings") or [])]
+    lines += [vllm_plan_problem_line(w, plan.get("model"), "warning") for w in (plan.get("warnings") or [])]
     if plan.get("calibration"):
         lines.append(f"{plan.get('model')}: calibration: {plan['calibration']['summary']}")
     return lines

@@ -130,7 +130,9 @@ EXAMPLES = r"""
     served_model_name: gpt-3.5-turbo
     api_key: "{{ vllm_service_api_key }}"
     plan: "{{ preflight.plan.models[0] }}"
-    journal: "{{ unit_journal.stdout }}"
+    # The unit's journal since its start, read and redacted on the host (the vllm_probe role's
+    # files/unit_journal.py prints it as JSON with the start's InvocationID).
+    journal: "{{ (unit_journal.stdout | from_json).journal }}"
   delegate_to: localhost
   register: probe
 

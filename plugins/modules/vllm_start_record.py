@@ -44,13 +44,19 @@ options:
     type: str
     default: ""
   plan:
-    description: The model's row of the host's preflight plan (one item of C(vllm_preflight)'s C(plan.models)).
+    description:
+      - The model's row of the host's preflight plan (one item of C(vllm_preflight)'s C(plan.models)).
+      - Kept only when the unit runs the plan's flags (O(exec_start)); a start read after the
+        inventory changed but before a deploy is recorded without a plan, and says so.
     type: dict
     default: {}
-  flags:
-    description: The model's vLLM flags; the record keeps those that change memory (serve_flag_labels.py).
-    type: dict
-    default: {}
+  exec_start:
+    description:
+      - The unit's C(ExecStart=) value, as the vllm_service role wrote it. The record keeps the flags
+        it runs that change memory (serve_flag_labels.py), and the plan only when they are the plan's.
+      - Empty means the plan's flags are taken as the unit's.
+    type: str
+    default: ""
   gpus:
     description: The host's GPUs as C(gpu_facts) returns them; the record keeps the plan's first one and the count.
     type: list
@@ -79,10 +85,11 @@ EXAMPLES = r"""
     model: tiny
     start: "{{ (unit_journal.stdout | from_json).invocation }}"
     journal: "{{ (unit_journal.stdout | from_json).journal }}"
+    exec_start: "{{ (unit_journal.stdout | from_json).exec_start }}"
     plan: "{{ vllm_preflight_result.plan.models | selectattr('model', 'eq', 'tiny') | first }}"
-    flags: {dtype: half, max-model-len: 4096}
     gpus: "{{ vllm_preflight_gpus.gpus }}"
   delegate_to: localhost
+  become: false
 """
 
 RETURN = r"""
@@ -112,18 +119,65 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.calibr
     new_record_line,
     start_record,
 )
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.cluster import CLUSTER_FLAGS
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import parse_engine_report
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import (
+    ServeArgsError,
+    normalize,
+    parse_argv,
+    to_argv,
+)
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.systemd import parse_exec_line
+
+# What the service role adds to every unit (roles/vllm_service, inventory.apply_plan): where it
+# listens, the name it answers to, a cluster member's part. Not the plan's flags, no memory effect.
+ROLE_FLAGS = ("host", "port", "served-model-name", *CLUSTER_FLAGS)
 
 
 def model_gpu(gpus: list[dict], plan: dict) -> dict | None:
-    """The first GPU the plan gave the model (its name, memory and driver), and how many."""
+    """The first GPU the plan gave the model (its name, memory and driver), and how many (None
+    without a plan to say)."""
     indices = [i for i in plan.get("gpus") or [] if isinstance(i, int)]
     given = [g for g in gpus if g.get("index") in indices] or ([] if indices else gpus[:1])
     if not given:
         return None
     first = given[0]
     gpu = {k: first[k] for k in ("name", "memory_mib", "compute_capability") if first.get(k) is not None}
-    return {**gpu, "count": len(given)}
+    return {**gpu, "count": len(given) if indices else None}
+
+
+def unit_flags(exec_start: str) -> dict | None:
+    """The model's flags in a unit's `vllm serve MODEL_DIR ...` line (the role's own left out), or
+    None when the line is not one."""
+    args = parse_exec_line(exec_start)
+    if len(args) < 3 or args[1] != "serve":
+        return None
+    try:
+        flags, _positional = parse_argv(args[3:])
+    except ServeArgsError:
+        return None
+    return {k: v for k, v in flags.items() if k not in ROLE_FLAGS}
+
+
+def _as_argv(flags: dict) -> dict:
+    """Each flag as vLLM's command line spells it, whatever its order or type in the dict."""
+    return {name: tuple(to_argv({name: value})) for name, value in normalize(flags).items()}
+
+
+def plan_it_runs(plan: dict, exec_start: str) -> tuple[dict, dict, str | None]:
+    """(plan, flags, note): the plan and its flags when the unit runs them; else no plan, the unit's
+    own flags (as its command line spells them), and why (a probe after the inventory changed,
+    before the deploy that applies it)."""
+    planned = plan.get("translated_flags") or {}
+    if not exec_start:
+        return plan, planned, None
+    running = unit_flags(exec_start)
+    if running is None:
+        return {}, {}, "the unit's ExecStart= is not a vllm serve line: its flags are unknown"
+    ours = {k: v for k, v in planned.items() if k not in ROLE_FLAGS}
+    if plan and _as_argv(running) != _as_argv(ours):
+        return {}, running, "the unit runs other flags than the plan (the inventory changed since the deploy?)"
+    return plan, planned, None
 
 
 def run(module: AnsibleModule) -> dict:
@@ -133,22 +187,27 @@ def run(module: AnsibleModule) -> dict:
     report = parse_engine_report(p["journal"]) if p["journal"] else {}
     if not report:
         return {"changed": False, "recorded": False, "reason": "nothing of vLLM's start-up report in the journal"}
-    gpu = model_gpu(p["gpus"], p["plan"])
+    try:
+        plan, flags, plan_note = plan_it_runs(p["plan"], p["exec_start"])
+    except ServeArgsError as e:
+        plan, flags, plan_note = {}, {}, f"the plan's flags cannot be compared with the unit's ({e})"
     drivers = {g.get("driver_version") for g in p["gpus"] if g.get("driver_version")}
     record = start_record(
         host=p["host"],
         model=p["model"],
         start=p["start"],
-        plan=p["plan"],
+        plan=plan,
         report=report,
-        flags=p["flags"],
-        gpu=gpu,
-        # vLLM's report says "CPU" or "CUDA".
-        device=p["device"] or str(report.get("device") or "cuda").lower(),
+        flags=flags,
+        gpu=model_gpu(p["gpus"], p["plan"]),
+        # vLLM's report names the device as its log lines do: "CPU KV cache", "GPU KV cache".
+        device=p["device"] or ("cpu" if str(report.get("device") or "").lower() == "cpu" else "cuda"),
         vllm_version=p["vllm_version"],
         driver=drivers.pop() if len(drivers) == 1 else None,
         recorded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+    if plan_note:
+        record["plan_note"] = plan_note
     result = {"changed": False, "recorded": False, "record": record}
     try:
         with open(p["path"], encoding="utf-8") as f:
@@ -188,7 +247,7 @@ def main() -> None:
             "start": {"type": "str", "required": True},
             "journal": {"type": "str", "default": ""},
             "plan": {"type": "dict", "default": {}},
-            "flags": {"type": "dict", "default": {}},
+            "exec_start": {"type": "str", "default": ""},
             "gpus": {"type": "list", "elements": "dict", "default": []},
             "device": {"type": "str", "choices": ["cuda", "cpu"]},
             "vllm_version": {"type": "str"},

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cli, preflight
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cli, preflight, systemd
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.model_facts import facts_from_config
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import to_argv
 
 from tests.integration.ansible_run import module_json, run
 from tests.support.tiny_model import model_config, tokenizer_json
@@ -31,7 +32,7 @@ def tiny_plan() -> dict:
     return preflight.check(facts, [], flags, "0.32.0", name="tiny", device="cpu", cpu_kv_cache_gib=1)
 
 
-def test_each_start_is_kept_once_and_a_damaged_file_is_a_warning(tmp_path):
+def test_each_start_is_kept_once_and_a_damaged_file_is_a_warning(tmp_path, capsys):
     records = tmp_path / "inventory" / ".vllm-starts" / "vf1.jsonl"
     plan = tiny_plan()
     args = {
@@ -40,8 +41,8 @@ def test_each_start_is_kept_once_and_a_damaged_file_is_a_warning(tmp_path):
         "model": "tiny",
         "start": "7c1e0f3a",
         "journal": CPU_START,
+        "exec_start": unit_line(plan["translated_flags"]),
         "plan": plan,
-        "flags": {**plan["translated_flags"], "served-model-name": "tiny"},
         "vllm_version": "0.32.0",
     }
     rc, out, output = module("vllm_start_record", args)
@@ -82,6 +83,63 @@ def test_each_start_is_kept_once_and_a_damaged_file_is_a_warning(tmp_path):
     # calibrate reads the directory the probe keeps: the CPU starts are counted, and not fitted.
     records.write_text("".join(damaged.splitlines(keepends=True)[:2]))
     assert cli.main(["calibrate", str(records.parent), "--json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["groups"]
+    assert (group["starts"], group["fitted_starts"], group["terms"]) == (2, 0, {})
+    # A last line without its newline (edited by hand) does not glue the next record to it.
+    records.write_text(records.read_text().rstrip("\n"))
+    rc, out, output = module("vllm_start_record", dict(args, start="5e6f7a8b"))
+    assert rc == 0 and out["changed"], output
+    assert [json.loads(line)["start"] for line in records.read_text().splitlines()] == [
+        "7c1e0f3a",
+        "9d2b44e1",
+        "5e6f7a8b",
+    ]
+
+
+def unit_line(flags: dict, **extra) -> str:
+    """The ExecStart= value the service role writes for the tiny model with these flags."""
+    argv = ["/opt/vllm-fleet/envs/e/bin/vllm", "serve", "/var/lib/vllm-fleet/models/o/tiny/abc"]
+    argv += ["--host", "0.0.0.0", "--port", "8000", *to_argv({**flags, "served-model-name": "tiny", **extra})]
+    return systemd.exec_line(argv)
+
+
+def test_a_start_is_kept_with_the_flags_it_runs_and_a_plan_it_does_not_run_is_left_out(tmp_path):
+    # probe.yml after the inventory changed but before the deploy: the unit still runs the old
+    # flags, and the plan (of the new ones) would pair this start with a budget it did not have.
+    plan = tiny_plan()
+    path = tmp_path / "vf1.jsonl"
+    base = {"path": str(path), "host": "vf1", "model": "tiny", "journal": CPU_START, "plan": plan}
+    older = {**plan["translated_flags"], "num-gpu-blocks-override": 64}
+    rc, out, output = module("vllm_start_record", {**base, "start": "a1", "exec_start": unit_line(older)})
+    assert rc == 0 and out["changed"], output
+    record = out["record"]
+    assert record["plan"]["kv_tokens"] is None and "other flags than the plan" in record["plan_note"]
+    assert str(record["flags"]["num-gpu-blocks-override"]) == "64" and record["errors"] == {}
+    # The unit runs the plan's flags (the role's --host, --port and --served-model-name aside): kept.
+    rc, out, output = module(
+        "vllm_start_record", {**base, "start": "a2", "exec_start": unit_line(plan["translated_flags"])}
+    )
+    assert rc == 0 and out["record"]["plan"]["kv_tokens"] == 1_048_576 and "plan_note" not in out["record"], output
+
+
+def test_a_gpu_start_is_a_cuda_record_with_the_plans_gpu_and_driver(tmp_path):
+    gpu_start = (
+        "(EngineCore pid=2) INFO [core.py:133] Initializing a V1 LLM engine (v0.32.0) with config: model='/m'\n"
+        "(Worker pid=3) INFO [gpu_model_runner.py:5150] Model loading took 14.39 GiB memory and 9.5 seconds\n"
+        "(Worker pid=3) INFO [gpu_worker.py:760] Available KV cache memory: 55.1 GiB\n"
+        "(EngineCore pid=2) INFO [kv_cache_utils.py:2327] GPU KV cache size: 112,848 tokens, "
+        "Maximum concurrency for 2,048 tokens per request: 55.10x\n"
+    )
+    t4 = {"name": "T4", "memory_mib": 15360, "compute_capability": "7.5", "driver_version": "550.54.15"}
+    gpus = [dict(t4, index=0), dict(t4, index=1)]
+    args = {"path": str(tmp_path / "t4-01.jsonl"), "host": "t4-01", "model": "qwen7b", "start": "b1"}
+    args |= {"journal": gpu_start, "plan": {"gpus": [1], "gpu_name": "T4", "kv_tokens": 110592}, "gpus": gpus}
+    rc, out, output = module("vllm_start_record", args)
+    assert rc == 0 and out["changed"], output
+    record = out["record"]
+    assert (record["device"], record["driver"], record["vllm_version"]) == ("cuda", "550.54.15", "0.32.0")
+    assert record["gpu"] == {"name": "T4", "memory_mib": 15360, "compute_capability": "7.5", "count": 1}
+    assert record["errors"]["KV cache tokens"] == -2.0
 
 
 def test_preflight_plans_with_a_calibration_file_and_refuses_one_it_cannot_use(tmp_path):

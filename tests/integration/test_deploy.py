@@ -254,6 +254,20 @@ def test_the_units_are_hardened_to_exposure_4_or_less_and_still_answer(fleet, de
 FULL_RUN_TASK = "TASK [vllm_fleet.fleet.vllm_runtime : "
 
 
+def test_the_start_each_host_serves_is_recorded_beside_the_inventory(fleet, deployed):
+    # Issue 18: the probe keeps every start it reads on the controller, by default in the
+    # inventory's .vllm-starts/, one file per host, keyed by the unit's systemd InvocationID.
+    records_dir = ansible_run.REPO_ROOT / "inventories/local" / layout.START_RECORDS_SUBDIR
+    for host in fleet.hosts:
+        start = testhosts.ssh(host, "systemctl show -p InvocationID --value vllm-tiny").stdout.strip()
+        kept = [json.loads(line) for line in (records_dir / f"{host.name}.jsonl").read_text().splitlines()]
+        (record,) = [r for r in kept if r["start"] == start]
+        assert (record["host"], record["model"], record["device"]) == (host.name, "tiny", "cpu")
+        # What the CPU build reported is what the plan predicted (docs/planner.md).
+        assert record["measured"]["kv_tokens"] == record["plan"]["kv_tokens"] == 1_048_576, record
+        assert record["flags"] == {"dtype": "bfloat16", "max-model-len": 512, "enforce-eager": True}
+
+
 def test_a_second_run_changes_nothing(fleet, deployed, tmp_path):
     before = {h.name: unit_state(h) for h in fleet.hosts}
     again = fleet.play()

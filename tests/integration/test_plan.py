@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import yaml
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cli
 
 from tests.integration import ansible_run
 
@@ -33,6 +34,32 @@ def test_plan_with_detection_off_contacts_no_host_and_prints_every_model(tmp_pat
                 f"host: [revision-pinned] {model['name']}: revision master of {model['model']} is not resolved"
                 in result.output
             )
+
+
+def test_plan_yml_plans_with_a_calibration_file_and_says_what_it_used(tmp_path):
+    # vllm_calibration_file reaches every preflight (tasks/preflight.yml): the recorded GPU runs'
+    # calibration has H100 and H200 on vLLM 0.26.0, nothing for this T4 host's pinned vLLM, and the
+    # plan says so under the table; a file that is not a calibration is reported, not planned around.
+    calibration = tmp_path / "fleet-calibration.json"
+    starts = ansible_run.REPO_ROOT / "tests/data/gpu/starts.jsonl"
+    assert cli.main(["calibrate", str(starts), "--write", str(calibration)]) == 0
+    inventory = tmp_path / "hosts.yml"
+    host = {"ansible_connection": "local", "vllm_gpus": ["T4"], "vllm_models": [QWEN7B_GPTQ]}
+    host["vllm_allow_floating_revisions"] = True
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"t4-01": host}}}))
+    off = "-e", "vllm_detect_gpus=false"
+    planned = ansible_run.playbook(
+        "-i", str(inventory), "playbooks/plan.yml", *off, "-e", f"vllm_calibration_file={calibration}"
+    )
+    assert planned.returncode == 0, planned.output[-3000:]
+    assert (
+        "qwen7b-gptq: calibration: the calibration has nothing for T4 on vLLM 0.32.0: built-in terms" in planned.output
+    )
+    bad = ansible_run.playbook(
+        "-i", str(inventory), "playbooks/plan.yml", *off, "-e", f"vllm_calibration_file={starts}"
+    )
+    assert bad.returncode == 0, bad.output[-3000:]
+    assert "not JSON" in bad.output and "(vllm_calibration_file)" in bad.output, bad.output[-3000:]
 
 
 # One model of the production fleet, planned on the host's own GPUs.

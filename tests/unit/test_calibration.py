@@ -263,3 +263,15 @@ def test_cli_calibrate_reads_a_records_directory_as_its_files(tmp_path, capsys):
     empty.mkdir()
     assert cli.main(["calibrate", str(empty)]) == 2
     assert "no start records" in capsys.readouterr().err
+
+
+def test_a_pipeline_start_is_kept_but_not_fitted():
+    # Its plan's terms are the limiting stage's budget, vLLM's KV GiB in the head's journal stage 0's.
+    pipeline = [dict(r, plan=dict(r["plan"], pipeline_stages=2)) for r in records()]
+    result = cal.calibrate(pipeline)
+    assert all(g["terms"] == {} for g in result["groups"]), result["groups"]
+    assert records()[0]["plan"]["pipeline_stages"] == 1
+    # A plan of two stages (preflight's pp) makes a record of two.
+    report = parse_engine_report(CPU_START)
+    record = cal.start_record(host="vf1", model="m", start="s", plan={"pp": 2, "kv_tokens": 1}, report=report)
+    assert record["plan"]["pipeline_stages"] == 2

@@ -186,6 +186,20 @@ def test_comparison_rows_hold_prediction_measurement_and_error():
     ]
 
 
+def test_a_pipeline_plan_is_compared_on_stage_0s_gib_and_the_engines_tokens():
+    # The head's journal holds stage 0's workers' lines (weights, available KV memory) and the
+    # engine's token count, which is every stage's: the fewest blocks (the limiting stage's).
+    stages = [
+        {"stage": 0, "weights_gib_per_gpu": 14.39, "kv_cache_gib": 55.1, "limits_kv_cache": False},
+        {"stage": 1, "weights_gib_per_gpu": 15.2, "kv_cache_gib": 54.0, "limits_kv_cache": True},
+    ]
+    plan = dict(PLAN_7B, weights_gib=15.2, kv_cache_gib=54.0, stages=stages)
+    rows = {r["metric"]: r for r in compare_with_plan(parse_engine_report(GPU_032), plan)}
+    assert (rows["weights GiB"]["predicted"], rows["weights GiB"]["error_pct"]) == (14.39, 0.0)
+    assert (rows["KV cache GiB"]["predicted"], rows["KV cache GiB"]["error_pct"]) == (55.1, 0.0)
+    assert rows["KV cache tokens"]["predicted"] == PLAN_7B["kv_tokens"]
+
+
 def test_refusal_is_compared_with_the_plans_fit():
     rows = compare_with_plan(parse_engine_report(CPU_REFUSED), {"max_model_len_fit": 120})
     fit = next(r for r in rows if r["metric"] == "max model len fit")

@@ -107,6 +107,19 @@ def test_the_quoting_functions_refuse_control_characters_as_a_second_guard(value
         systemd.environment_file_line("VLLM_API_KEY", value)
 
 
+def test_an_exec_start_line_reads_back_as_the_arguments_it_was_written_from():
+    # The probe's start records read the unit's flags back from its ExecStart= (vllm_start_record).
+    argv = ["/e/bin/vllm", "serve", "/m/a b", "--x", '{"k": "v\\\\"}', "--p", "100%", "$HOME", "%%", ""]
+    assert systemd.parse_exec_line(systemd.exec_line(argv)) == argv
+    assert systemd.parse_exec_line("/e/bin/vllm  serve /m  --port 8000") == [
+        "/e/bin/vllm",
+        "serve",
+        "/m",
+        "--port",
+        "8000",
+    ]
+
+
 def test_the_inventory_schema_refuses_a_revision_with_a_newline():
     with pytest.raises(inventory.InventoryError, match="revision contains a newline"):
         inventory.normalize_model({**TINY, "revision": "v1\nExecStartPre=/bin/id"})

@@ -94,6 +94,9 @@ def start_record(
         or None,
         "flags": {k: v for k, v in (flags or {}).items() if _changes_memory(k)},
         "plan": {
+            # With pipeline parallel the terms are the limiting stage's, what vLLM reported stage 0's
+            # (engine_report): such a start is kept, and not fitted.
+            "pipeline_stages": int(plan.get("pp") or 1),
             "weights_gib": plan.get("weights_gib"),
             "kv_cache_gib": plan.get("kv_cache_gib"),
             "kv_tokens": plan.get("kv_tokens"),
@@ -153,7 +156,9 @@ def new_record_line(existing: str, record: dict, name: str = "records file") -> 
     CalibrationError: appending after damage would hide it."""
     if any(record_key(r) == record_key(record) for r in read_records([(name, existing)])):
         return None
-    return json.dumps(record, sort_keys=True) + "\n"
+    # A file whose last line lacks its newline (edited by hand) would glue two records together.
+    lead = "\n" if existing and not existing.endswith("\n") else ""
+    return lead + json.dumps(record, sort_keys=True) + "\n"
 
 
 # --- the fit ---------------------------------------------------------------------------------
@@ -167,6 +172,8 @@ def _built_in_terms(record: dict) -> dict | None:
     measured = (record.get("measured") or {}).get("kv_cache_gib")
     if not terms or measured is None or record.get("device") == "cpu" or measured <= 0:
         return None
+    if (record.get("plan") or {}).get("pipeline_stages", 1) > 1:
+        return None  # terms of the limiting stage, KV GiB of stage 0: not one budget
     if "activation_builtin_gib" not in terms:
         return None  # not a plan's budget_terms: nothing to fit against
     # The plan's own terms before any calibration scale, exact to 4 decimals.

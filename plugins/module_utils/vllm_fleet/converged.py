@@ -29,7 +29,8 @@ RECORD_VERSION = 1
 # What the playbooks are made of, relative to the project root. A change to any of these files
 # (a role default, a template, a module) changes the digest, so the next run is a full one.
 CODE_PATHS = ("site.yml", "ansible.cfg", "playbooks", "roles", "plugins", "model_configs")
-_SKIPPED_PARTS = ("__pycache__", ".pytest_cache", ".ruff_cache")
+# (and the probe's start records, should vllm_calibration_records_dir point inside the project)
+_SKIPPED_PARTS = ("__pycache__", ".pytest_cache", ".ruff_cache", ".vllm-starts")
 
 # Variables that are not inputs of the hosts' state: run-time results (of the preflight play, and what
 # the other roles tell the rollout role during a run), and the knobs of the rollout itself (batch sizes,
@@ -49,6 +50,8 @@ NOT_INPUTS = frozenset(
         # digest through the models (vllm_service_models names each commit); the rest (when it was
         # resolved last time, the warnings) is not what the host runs.
         "vllm_revisions",
+        # Where the controller keeps the probe's start records (calibration data, not host state).
+        "vllm_calibration_records_dir",
     }
 )
 

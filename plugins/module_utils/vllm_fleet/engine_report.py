@@ -146,7 +146,17 @@ _COMPARED = (
 )
 
 
+# With pipeline parallel the journal the probe reads is the head's: its weights and KV-cache GiB
+# are stage 0's workers' (each worker logs its own, v1/worker/gpu_worker.py), while the KV tokens
+# are the engine's, every stage given the fewest blocks (kv_cache_utils.get_kv_cache_configs): the
+# plan's headline figures, which are the limiting stage's.
+_STAGE_0_KEYS = {"kv_cache_gib": "kv_cache_gib", "weights_gib": "weights_gib_per_gpu"}
+
+
 def _plan_value(plan: dict, key: str):
+    stages = plan.get("stages") or []
+    if stages and key in _STAGE_0_KEYS and stages[0].get(_STAGE_0_KEYS[key]) is not None:
+        return stages[0][_STAGE_0_KEYS[key]]
     value = plan.get(key)
     if value is None and key == "max_concurrency" and plan.get("kv_tokens") and plan.get("max_model_len"):
         # The preflight plan carries tokens and length, not vLLM's ratio: derive it the way

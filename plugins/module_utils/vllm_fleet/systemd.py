@@ -74,6 +74,32 @@ def exec_line(argv: list[str]) -> str:
     return " ".join(quote_exec_arg(a) for a in argv)
 
 
+def parse_exec_line(line: str) -> list[str]:
+    """The arguments of an ExecStart= value as exec_line() wrote it (each double-quoted, "%%" and
+    "$$" for "%" and "$"); an unquoted word (a line edited by hand) is one argument too."""
+    args: list[str] = []
+    current: list[str] | None = None
+    quoted = escaped = False
+    for char in line:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+            current = current if current is not None else []
+        elif char.isspace() and not quoted:
+            if current is not None:
+                args.append("".join(current))
+            current = None
+        else:
+            current = (current if current is not None else []) + [char]
+    if current is not None:
+        args.append("".join(current))
+    return [a.replace("%%", "%").replace("$$", "$") for a in args]
+
+
 def quote_environment(name: str, value: str) -> str:
     """One Environment= assignment, quoted as a whole ("NAME=value")."""
     if not name.replace("_", "").isalnum() or name[0].isdigit():

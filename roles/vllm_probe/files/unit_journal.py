@@ -6,7 +6,8 @@ whole), not in a failure message. A vLLM error that echoes a flag or a header ca
 the journal; the operator still reads everything else.
 
     unit_journal.py UNIT ENV_FILE since-start     JSON: {"invocation": the unit's systemd InvocationID,
-                                                  "journal": the lines of that start (plain)}
+                                                  "journal": the lines of that start (plain),
+                                                  "exec_start": its unit file's ExecStart= value}
     unit_journal.py UNIT ENV_FILE tail N          the last N lines (short-iso timestamps)
 """
 
@@ -35,6 +36,22 @@ def invocation_of(unit: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
 
 
+def exec_start_of(unit: str) -> str:
+    """The ExecStart= value of the unit's file (the last one: a drop-in may reset it), which says
+    what the start runs: the probe's start record keeps the plan only when it is the plan's."""
+    argv = ["systemctl", "show", "-p", "FragmentPath", "--value", unit]
+    path = subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
+    value = ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("ExecStart="):
+                    value = line[len("ExecStart=") :].strip()
+    except OSError:
+        pass  # no unit file: nothing to say what the start runs
+    return value
+
+
 def since_start(unit: str, invocation: str) -> str:
     argv = ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}"]
     text = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
@@ -56,7 +73,15 @@ def main() -> int:
     if mode == "since-start":
         # One read of the ID for both: the lines are those of the start the ID names.
         invocation = invocation_of(unit)
-        print(json.dumps({"invocation": invocation, "journal": hidden(since_start(unit, invocation))}))
+        print(
+            json.dumps(
+                {
+                    "invocation": invocation,
+                    "journal": hidden(since_start(unit, invocation)),
+                    "exec_start": hidden(exec_start_of(unit)),
+                }
+            )
+        )
     else:
         print(hidden(tail(unit, sys.argv[4] if len(sys.argv) > 4 else "60")))
     return 0
