@@ -174,8 +174,10 @@ def plan_it_runs(plan: dict, exec_start: str) -> tuple[dict, dict, str | None]:
     running = unit_flags(exec_start)
     if running is None:
         return {}, {}, "the unit's ExecStart= is not a vllm serve line: its flags are unknown"
+    if not plan:
+        return {}, running, None  # a state put back is probed without a plan: what it runs is known
     ours = {k: v for k, v in planned.items() if k not in ROLE_FLAGS}
-    if plan and _as_argv(running) != _as_argv(ours):
+    if _as_argv(running) != _as_argv(ours):
         return {}, running, "the unit runs other flags than the plan (the inventory changed since the deploy?)"
     return plan, planned, None
 

@@ -115,6 +115,9 @@ def test_a_start_is_kept_with_the_flags_it_runs_and_a_plan_it_does_not_run_is_le
     record = out["record"]
     assert record["plan"]["kv_tokens"] is None and "other flags than the plan" in record["plan_note"]
     assert str(record["flags"]["num-gpu-blocks-override"]) == "64" and record["errors"] == {}
+    # Without a plan (a state the rollout put back is probed without one): the unit's own flags.
+    rc, out, output = module("vllm_start_record", {**base, "plan": {}, "start": "a0", "exec_start": unit_line(older)})
+    assert rc == 0 and out["record"]["flags"]["max-model-len"] == 512 and "plan_note" not in out["record"], output
     # The unit runs the plan's flags (the role's --host, --port and --served-model-name aside): kept.
     rc, out, output = module(
         "vllm_start_record", {**base, "start": "a2", "exec_start": unit_line(plan["translated_flags"])}

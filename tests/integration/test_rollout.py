@@ -576,7 +576,9 @@ def test_strict_mode_puts_back_a_start_off_the_plan_and_every_start_is_one_recor
     *_, off, restored, deployed = records[canary.name]
     assert off["flags"]["num-gpu-blocks-override"] == 64 and off["measured"]["kv_tokens"] == 8192
     assert off["plan"]["kv_tokens"] == 1_048_576 and off["errors"]["KV cache tokens"] == 12700.0  # 128x over
-    assert "num-gpu-blocks-override" not in restored["flags"] and restored["measured"]["kv_tokens"] == 1_048_576
+    assert restored["measured"]["kv_tokens"] == 1_048_576
+    # Probed without a plan, it keeps the flags its unit runs (read from the unit's ExecStart=).
+    assert restored["flags"]["max-model-len"] == 512 and "num-gpu-blocks-override" not in restored["flags"]
     assert deployed["measured"]["kv_tokens"] == 8192
     # Every start of the file's tests, each once: the canary's v1, v2, v3 (failed) and v2 put back,
     # v1 (rollback.yml), v2, v4, then these three; the others' v1, v2 and v4. The starts of states
