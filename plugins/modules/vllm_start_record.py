@@ -119,8 +119,8 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.calibr
     new_record_line,
     start_record,
 )
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.cluster import CLUSTER_FLAGS
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import parse_engine_report
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.inventory import RESERVED_FLAGS
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_args import (
     ServeArgsError,
     normalize,
@@ -129,9 +129,10 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.serve_
 )
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.systemd import parse_exec_line
 
-# What the service role adds to every unit (roles/vllm_service, inventory.apply_plan): where it
-# listens, the name it answers to, a cluster member's part. Not the plan's flags, no memory effect.
-ROLE_FLAGS = ("host", "port", "served-model-name", *CLUSTER_FLAGS)
+# What the service role adds to every unit: the flags it owns (inventory.RESERVED_FLAGS: where it
+# listens, a cluster member's part) and the name it answers to (inventory.apply_plan). Not the
+# plan's flags, no memory effect.
+ROLE_FLAGS = RESERVED_FLAGS | {"served-model-name"}
 
 
 def model_gpu(gpus: list[dict], plan: dict) -> dict | None:
