@@ -30,14 +30,33 @@ def vllm_serve_argv(model, bin_dir, models_root, bind_address, host=None):
     --port ... <flags>`, and on a member of the model's cluster its part (``host``: the member's
     inventory name; cluster.member_flags). One definition for the unit (roles/vllm_service) and for
     the parser check that runs when the environment is built (roles/vllm_runtime), so both judge
-    the same line."""
+    the same line. [] for a Ray worker, which runs no vLLM of its own (vllm_unit_argv)."""
     model_dir = f"{models_root}/{model['model']}/{model['revision']}"
     where = ["--host", str(bind_address), "--port", str(model["port"])]
     try:
+        if not cluster.runs_vllm(model, str(host)):
+            return []
         part, _env = cluster.member_flags(model, str(host)) if model.get("cluster") else ({}, {})
     except cluster.ClusterError as e:
         raise AnsibleFilterError(str(e)) from e
     return [f"{bin_dir}/vllm", "serve", model_dir, *where, *vllm_argv(model.get("flags")), *vllm_argv(part)]
+
+
+def vllm_unit_argv(model, bin_dir, models_root, bind_address, host=None, launcher="", device="cuda", timeout=0):
+    """The argv a model's unit runs (its ExecStart=): vllm_serve_argv, and for a member of a Ray
+    cluster the launcher (``launcher``: its path on the host) in front: `<env>/bin/python LAUNCHER
+    head ... -- <vllm serve argv>` on the head, `... worker ...` alone on a worker
+    (cluster.launcher_argv; docs/multinode.md)."""
+    try:
+        prefix = cluster.launcher_argv(
+            model, str(host), f"{bin_dir}/python", str(launcher), str(device), int(timeout or 0)
+        )
+    except cluster.ClusterError as e:
+        raise AnsibleFilterError(str(e)) from e
+    serve = vllm_serve_argv(model, bin_dir, models_root, bind_address, host)
+    if not prefix:
+        return serve
+    return [*prefix, "--", *serve] if serve else prefix
 
 
 def vllm_cluster_environment(model, host, interface="", device="cuda"):
@@ -110,6 +129,7 @@ class FilterModule:
         return {
             "vllm_argv": vllm_argv,
             "vllm_serve_argv": vllm_serve_argv,
+            "vllm_unit_argv": vllm_unit_argv,
             "vllm_cluster_environment": vllm_cluster_environment,
             "vllm_argvs_not_accepted": vllm_argvs_not_accepted,
             "vllm_accepted_shapes_file": vllm_accepted_shapes_file,

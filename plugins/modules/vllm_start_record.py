@@ -114,6 +114,7 @@ import os
 from datetime import UTC, datetime
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cluster
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.calibration import (
     CalibrationError,
     new_record_line,
@@ -150,7 +151,7 @@ def model_gpu(gpus: list[dict], plan: dict) -> dict | None:
 def unit_flags(exec_start: str) -> dict | None:
     """The model's flags in a unit's `vllm serve MODEL_DIR ...` line (the role's own left out), or
     None when the line is not one."""
-    args = parse_exec_line(exec_start)
+    args = cluster.serve_part(parse_exec_line(exec_start))
     if len(args) < 3 or args[1] != "serve":
         return None
     try:

@@ -8,7 +8,11 @@ multiprocessing executor (--nnodes 2; the worker runs --headless). Tests run in 
 4. the worker cut from the members' network: the head cannot answer, and probe.yml fails;
 5. the worker killed in the middle of a rollout (the new revision's worker dies once its cluster
    answers /health): the probe fails on both members, the rollout stops before its next batch (a
-   third host, untouched), and both members are put back to v1, which answers again.
+   third host, untouched), and both members are put back to v1, which answers again;
+6. the same cluster with `executor: ray`: preflight refuses it on the CPU build; the service role's
+   Ray units (real Ray 2.58) form the cluster, the head starts vLLM only once the worker has joined
+   (and vLLM then refuses Ray on CPU: the serving case is the GPU-only gap), and removing the model
+   takes every unit, Ray process and the launcher away.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 import yaml
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout
 
 from tests.hosts import testhosts
 from tests.integration import ansible_run
@@ -34,15 +41,20 @@ pytestmark = [pytest.mark.hosts, pytest.mark.vllm, pytest.mark.slow]
 TINY = "vllm-fleet/tiny-qwen2"  # two decoder layers: one per stage
 API_KEY = "vf-multinode-" + os.urandom(8).hex()
 UNIT = "/etc/systemd/system/vllm-tiny-pp.service"
+# Ray for the executor: ray tests (a release vLLM 0.32 accepts, ray_utils.py; its wheel and
+# msgpack are all the vLLM environment lacks).
+RAY_VERSION, MSGPACK_VERSION = "2.58.0", "1.1.2"
+LAUNCHER = "/usr/local/lib/vllm-fleet/vllm_fleet_ray_launch.py"
+RAY_PLAYBOOK = "tests/integration/playbooks/ray_cluster.yml"
 
 
-def cluster_model(hosts, revision: str = "v1") -> dict:
+def cluster_model(hosts, revision: str = "v1", executor: str = "mp") -> dict:
     return {
         "name": "tiny-pp",
         "model": TINY,
         "revision": revision,
         "port": 8000,
-        "cluster": {"hosts": [h.name for h in hosts]},
+        "cluster": {"hosts": [h.name for h in hosts], **({"executor": executor} if executor != "mp" else {})},
         # Not --enforce-eager: vLLM 0.32's CPU worker then skips the profiling run that allocates a
         # later stage's buffer for the stage before's output, and the first request fails
         # (AssertionError in sync_and_gather_intermediate_tensors; rule cpu-pp-eager). Traced once
@@ -71,13 +83,16 @@ class Cluster:
         self.hosts, self.hub, self.inventory, self.tmp = hosts, hub, inventory, tmp
         self.head, self.worker = hosts
         self.others = []  # hosts of the inventory that serve a model of their own
+        self.executor, self.state = "mp", "present"
+        self.extra_env = {}
 
     def write_host_vars(self, revision: str) -> None:
         # In the inventory, not -e: extra vars would give every host the cluster's item.
-        served = [
-            (h, {"vllm_cluster_address": h.cluster_address, "vllm_models": [cluster_model(self.hosts, revision)]})
-            for h in self.hosts
-        ]
+        item = dict(cluster_model(self.hosts, revision, self.executor), state=self.state)
+        own = {"vllm_models": [item]}
+        if self.executor == "ray":
+            own["vllm_runtime_extra_packages"] = [*layout.RUNTIME_EXTRA_PACKAGES, f"ray=={RAY_VERSION}"]
+        served = [(h, {"vllm_cluster_address": h.cluster_address, **own}) for h in self.hosts]
         served += [(h, {"vllm_models": [single_model()]}) for h in self.others]
         for host, host_vars in served:
             (self.inventory / "host_vars" / f"{host.name}.yml").write_text(yaml.safe_dump(host_vars))
@@ -89,6 +104,7 @@ class Cluster:
             "VLLM_FLEET_HUB_PORT": self.hub.url.rsplit(":", 1)[1],
             "VLLM_FLEET_API_KEY": API_KEY,
             "VLLM_FLEET_SUMMARY_JSON": str(summary),
+            **self.extra_env,
         }
         started = time.monotonic()
         result = ansible_run.playbook("-i", str(self.inventory), playbook, *args, env=env, timeout=timeout)
@@ -300,3 +316,138 @@ def test_a_worker_killed_mid_rollout_stops_the_rollout_and_both_members_go_back(
         assert f"/{TINY}/{v1}" in unit_args(host)[2], host.name
     assert chat(cluster.head)["choices"][0]["message"]["content"]
     print(f"\n[multinode] the worker was killed at {', '.join(kills)}; both rolled back, {third.name} not reached")
+
+
+# --- executor: ray ---------------------------------------------------------------------------
+
+
+def journal_since(host, since: float) -> str:
+    return testhosts.ssh(host, f"journalctl -u vllm-tiny-pp -o cat --no-pager --since @{since:.0f}").stdout
+
+
+def wait_for_journal(host, since: float, text: str, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        journal = journal_since(host, since)
+        if text in journal:
+            return journal
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{host.name}'s journal never said {text!r} in {timeout:.0f} s:\n{journal[-4000:]}")
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def ray_wheels(tmp_path_factory):
+    """Ray's wheel and msgpack's for the hosts' Python, through pip and its configured index."""
+    dest = tmp_path_factory.mktemp("ray-wheels")
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+         "3.11", "--platform", "manylinux2014_x86_64", "-d", str(dest),
+         f"ray=={RAY_VERSION}", f"msgpack=={MSGPACK_VERSION}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    wheels = sorted(str(p) for p in dest.glob("*.whl"))
+    assert len(wheels) == 2, wheels
+    return wheels
+
+
+def test_ray_on_the_cpu_build_is_refused_by_preflight_before_any_change(cluster, deployed):
+    cluster.executor = "ray"
+    before = unit_args(cluster.head)
+    result = cluster.play("playbooks/preflight.yml", "-l", f"{cluster.head.name},{cluster.worker.name}")
+    assert result.returncode != 0
+    assert "cluster-ray-platform" in result.output, result.output[-3000:]
+    assert "current platform cpu does not support ray" in result.output
+    assert "use executor: mp" in result.output
+    assert unit_args(cluster.head) == before
+
+
+@pytest.fixture(scope="module")
+def ray_units(cluster, deployed, ray_wheels):
+    """The Ray cluster's units, written and started by the vllm_service role on both members."""
+    cluster.executor = "ray"
+    cluster.extra_env = {"VLLM_FLEET_RAY_WHEELS": ",".join(ray_wheels)}
+    since = time.time() - 1
+    # At v1's commit, the weights directory site.yml deployed (no preflight here to resolve v1).
+    cluster.ray_revision = cluster.hub.commit(TINY, "v1")
+    members = f"{cluster.head.name},{cluster.worker.name}"
+    result = cluster.play(RAY_PLAYBOOK, "-l", members, revision=cluster.ray_revision)
+    assert result.returncode == 0, failures(result.output)
+    return since
+
+
+def test_two_hosts_form_a_ray_cluster_through_their_units_before_vllm_starts(cluster, ray_units):
+    head, worker = cluster.head, cluster.worker
+    head_args, worker_args = unit_args(head), unit_args(worker)
+    sep = head_args.index("--")
+    assert head_args[1:sep] == [
+        LAUNCHER, "head", "--port", "6379", "--members", f"{head.cluster_address},{worker.cluster_address}",
+        "--gpus", "0", "--address", head.cluster_address, "--timeout", "600",
+    ]  # fmt: skip
+    serve = head_args[sep + 1 :]
+    assert serve[1] == "serve" and has_run(serve, ["--distributed-executor-backend", "ray"])
+    assert not has_run(serve, ["--nnodes", "2"]) and "--headless" not in serve
+    assert worker_args[1:] == [
+        LAUNCHER, "worker", "--head", f"{head.cluster_address}:6379", "--address", worker.cluster_address,
+        "--timeout", "600",
+    ]  # fmt: skip
+    for host in cluster.hosts:
+        mode = testhosts.ssh(host, f"stat -c '%U %a' {LAUNCHER}").stdout.split()
+        assert mode == ["root", "644"], (host.name, mode)
+    # Ray's own answer, through the units: the worker joined the head, the head counted both
+    # members among Ray's live nodes, and only then started vLLM, whose CPU platform refuses Ray.
+    wait_for_journal(worker, ray_units, f"joining the Ray cluster at {head.cluster_address}:6379")
+    members = f"{head.cluster_address}, {worker.cluster_address}"
+    journal = wait_for_journal(head, ray_units, "current platform cpu does not support ray", timeout=420)
+    formed = journal.index(f"cluster formed: 2 members ({members})")
+    assert formed < journal.index("current platform cpu does not support ray"), journal[-4000:]
+    print(f"\n[multinode] ray: formed, then vLLM said: {journal[journal.index('ValueError') :][:100]!r}")
+
+
+def test_the_ray_head_waits_for_a_missing_worker_without_starting_vllm(cluster, ray_units):
+    head, worker = cluster.head, cluster.worker
+    testhosts.ssh(worker, "systemctl stop vllm-tiny-pp; systemctl reset-failed vllm-tiny-pp || true")
+    since = time.time() - 1
+    # KillMode=mixed: the head's Ray stops with its unit at once, not after TimeoutStopSec (60 s),
+    # the SIGTERM-to-all that leaves Ray's gcs_server running.
+    testhosts.ssh(head, "systemctl reset-failed vllm-tiny-pp || true; systemctl restart vllm-tiny-pp", timeout=50)
+    took = time.time() - since
+    assert took < 45, f"the head's unit took {took:.0f} s to restart"
+    print(f"\n[multinode] ray: the head's unit restarted in {took:.1f} s")
+    waiting = f"1 of 2 members joined; waiting for {worker.cluster_address}"
+    wait_for_journal(head, since, waiting, timeout=180)
+    time.sleep(15)  # the head keeps waiting: no vLLM, its main process is still the launcher
+    journal = journal_since(head, since)
+    assert "cluster formed" not in journal and "does not support ray" not in journal, journal[-3000:]
+    main = testhosts.ssh(head, "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value vllm-tiny-pp)/cmdline").stdout
+    assert LAUNCHER in main and " head " in main, main
+    # Ray's token authentication: both members' secrets files carry the cluster's one token, and a
+    # caller without it (here from the worker's host, outside its unit) is refused by the head.
+    secrets = [testhosts.ssh(h, "cat /etc/vllm-fleet/tiny-pp.env").stdout for h in cluster.hosts]
+    tokens = {re.search(r"^RAY_AUTH_TOKEN=(\S+)$", text, re.M).group(1) for text in secrets}
+    assert len(tokens) == 1 and all("RAY_AUTH_MODE=token" in text for text in secrets), "the members' tokens differ"
+    probe = (
+        f"import ray; ray.init(address='{head.cluster_address}:6379', _node_ip_address='{worker.cluster_address}', "
+        "logging_level='ERROR')"
+    )
+    python = unit_args(worker)[0]
+    stranger = testhosts.ssh(worker, f"timeout 60 {python} -c {shlex.quote(probe)} 2>&1", check=False, timeout=90)
+    assert stranger.returncode != 0, stranger.stdout[-2000:]
+    assert "Authentication token is missing or incorrect" in stranger.stdout, stranger.stdout[-2000:]
+    testhosts.ssh(worker, "systemctl start vllm-tiny-pp")
+    members = f"{head.cluster_address}, {worker.cluster_address}"
+    journal = wait_for_journal(head, since, f"cluster formed: 2 members ({members})", timeout=240)
+    assert journal.index(waiting) < journal.index("cluster formed")
+
+
+def test_removing_the_ray_model_takes_its_units_ray_and_the_launcher_away(cluster, ray_units):
+    cluster.state = "absent"
+    members = f"{cluster.head.name},{cluster.worker.name}"
+    result = cluster.play(RAY_PLAYBOOK, "-l", members, revision=cluster.ray_revision)
+    assert result.returncode == 0, failures(result.output)
+    for host in cluster.hosts:
+        left = testhosts.ssh(
+            host, f"ls {UNIT} {LAUNCHER} 2>/dev/null; pgrep -a -f '[r]aylet|[g]cs_server|[r]ay[.]scripts' || true"
+        ).stdout
+        assert left.strip() == "", (host.name, left)

@@ -4,7 +4,11 @@ each member's flags, and preflight judging a cluster with every member's view of
 from __future__ import annotations
 
 import pytest
-from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_flags import vllm_cluster_environment, vllm_serve_argv
+from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_flags import (
+    vllm_cluster_environment,
+    vllm_serve_argv,
+    vllm_unit_argv,
+)
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cluster, converged, monitoring
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.hub_configs import load_facts
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.inventory import (
@@ -54,6 +58,7 @@ def test_a_cluster_is_normalized_with_vllms_default_port():
     assert model["cluster"] == {
         "hosts": ["t4-node-07", "t4-node-08"],
         "master_port": 29501,
+        "executor": "mp",
         "addresses": {"t4-node-07": "t4-node-07", "t4-node-08": "t4-node-08"},
     }
     assert normalize_model(dict(BIG, cluster=None))["cluster"] is None
@@ -67,6 +72,9 @@ def test_a_cluster_is_normalized_with_vllms_default_port():
         ({"hosts": ["a", "a"]}, "names ['a'] twice"),
         ({"hosts": ["a", "b"], "head": "a"}, "unknown keys ['head']"),
         ({"hosts": ["a", "b"], "master_port": 70000}, "must be a port number"),
+        ({"hosts": ["a", "b"], "executor": "slurm"}, "cluster.executor must be one of ['mp', 'ray']"),
+        ({"hosts": ["a", "b"], "ray_port": 6380}, "cluster.ray_port is for executor: ray"),
+        ({"hosts": ["a", "b"], "executor": "ray", "ray_port": "6380"}, "cluster.ray_port must be a port number"),
     ],
 )
 def test_a_wrong_cluster_is_refused_with_what_is_wrong(value, words):
@@ -98,6 +106,96 @@ def test_each_member_gets_its_rank_the_heads_address_and_its_own():
     assert cluster.member_flags(normalize_model(dict(BIG, cluster=None)), "x") == ({}, {})
     with pytest.raises(cluster.ClusterError, match="t4-node-09 is not one of"):
         cluster.member_flags(model, "t4-node-09")
+
+
+RAY = dict(BIG, cluster={"hosts": ["t4-node-07", "t4-node-08"], "executor": "ray"})
+RAY_HOSTVARS = {"t4-node-07": {"vllm_cluster_address": "10.0.0.7"}, "t4-node-08": {"vllm_cluster_address": "10.0.0.8"}}
+LAUNCHER = "/usr/local/lib/vllm-fleet/vllm_fleet_ray_launch.py"
+
+
+def ray_model(**cluster_over):
+    (item,) = cluster.with_addresses([dict(RAY, cluster=dict(RAY["cluster"], **cluster_over))], RAY_HOSTVARS)
+    return normalize_model(item)
+
+
+def test_a_ray_head_runs_the_launcher_then_vllm_with_the_ray_backend_and_a_worker_runs_ray_only():
+    model = ray_model()
+    assert model["cluster"]["executor"] == "ray" and model["cluster"]["ray_port"] == 6379
+    head = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07", LAUNCHER, "cuda", 300)
+    sep = head.index("--")
+    assert head[:sep] == [
+        "/env/bin/python", LAUNCHER, "head", "--port", "6379", "--members", "10.0.0.7,10.0.0.8",
+        "--gpus", "8", "--address", "10.0.0.7", "--timeout", "300",
+    ]  # fmt: skip
+    serve = head[sep + 1 :]
+    assert serve == vllm_serve_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07")
+    assert serve[:2] == ["/env/bin/vllm", "serve"] and serve[-2:] == ["--distributed-executor-backend", "ray"]
+    assert not {"--nnodes", "--node-rank", "--master-addr", "--headless"} & set(serve)
+    worker = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-08", LAUNCHER, "cuda")
+    assert worker == [
+        "/env/bin/python", LAUNCHER, "worker", "--head", "10.0.0.7:6379", "--address", "10.0.0.8",
+        "--timeout", str(cluster.DEFAULT_RAY_FORM_TIMEOUT),
+    ]  # fmt: skip
+    assert vllm_serve_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-08") == []
+    # On the CPU platform Ray counts no GPUs (and vLLM refuses it: rule cluster-ray-platform).
+    cpu_head = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07", LAUNCHER, "cpu")
+    assert cpu_head[cpu_head.index("--gpus") + 1] == "0"
+    assert vllm_unit_argv(ray_model(ray_port=6380), "/e", "/m", "::", "t4-node-08", LAUNCHER)[4] == "10.0.0.7:6380"
+    # Both members' environments: VLLM_HOST_IP and the interface, as with mp.
+    assert vllm_cluster_environment(model, "t4-node-08", "eth1", "cuda") == {
+        "VLLM_HOST_IP": "10.0.0.8",
+        "GLOO_SOCKET_IFNAME": "eth1",
+        "NCCL_SOCKET_IFNAME": "eth1",
+    }
+    # An mp cluster's or a single host's unit runs vllm serve itself.
+    mp = normalize_model(cluster.with_addresses([BIG], RAY_HOSTVARS)[0])
+    assert vllm_unit_argv(mp, "/e", "/m", "::", "t4-node-08", LAUNCHER) == vllm_serve_argv(
+        mp, "/e", "/m", "::", "t4-node-08"
+    )
+
+
+def test_the_serve_part_of_a_units_command_is_found_behind_the_launcher():
+    model = ray_model()
+    head = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07", LAUNCHER)
+    worker = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-08", LAUNCHER)
+    assert cluster.serve_part(head) == vllm_serve_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07")
+    assert cluster.serve_part(worker) == []
+    plain = ["/env/bin/vllm", "serve", "/models/x", "--port", "1", "--", "x"]
+    assert cluster.serve_part(plain) == plain
+
+
+@pytest.mark.parametrize(
+    "packages, installs",
+    [
+        (["ray[cgraph]==2.58.0"], True),
+        (["modelscope==1.40.2", "Ray>=2.48"], True),
+        (["ray"], True),
+        (["modelscope==1.40.2"], False),
+        (["raylib==1.0", "xray"], False),
+        ([], False),
+    ],
+)
+def test_requires_ray_reads_the_requirement_names(packages, installs):
+    assert cluster.requires_ray(packages) is installs
+
+
+def test_ray_is_refused_on_the_cpu_build_and_where_a_member_does_not_install_it():
+    ray_vars = {"vllm_runtime_extra_packages": ["ray[cgraph]==2.58.0"]}
+    hostvars = views("t4-node-07", "t4-node-08", models=RAY, t4_node_07=ray_vars, t4_node_08=ray_vars)
+    both = ["t4-node-07", "t4-node-08"]
+    assert judge("t4-node-07", hostvars, both)["verdict"] == "ok"
+    hostvars = views("t4-node-07", "t4-node-08", models=RAY, t4_node_07=ray_vars)
+    for host in both:
+        errors = judge(host, hostvars, both)["models"][0]["errors"]
+        (missing,) = [e for e in errors if e["rule"] == "cluster-ray-installed"]
+        assert "t4-node-08's vLLM environment does not install it" in missing["message"]
+        assert "ray[cgraph]==" in missing["fix"]
+    cpu = dict(ray_vars, vllm_device="cpu", vllm_gpus=[])
+    hostvars = views("t4-node-07", "t4-node-08", models=RAY, t4_node_07=cpu, t4_node_08=cpu)
+    errors = judge("t4-node-07", hostvars, both)["models"][0]["errors"]
+    (refused,) = [e for e in errors if e["rule"] == "cluster-ray-platform"]
+    assert "current platform cpu does not support ray" in refused["message"]
+    assert "t4-node-07, t4-node-08" in refused["message"] and "executor: mp" in refused["fix"]
 
 
 # --- preflight across the members -----------------------------------------------------------
@@ -265,3 +363,122 @@ def test_clusters_that_share_a_host_are_one_unit():
     plan = cluster.batches(order, ["a"], [["a", "b"], ["b", "c"]], [1, "100%"])
     assert plan["hosts"] == ["a", "b", "c"] and plan["serial"] == [3]
     assert plan["joined"] == {"b": "a", "c": "b"}
+
+
+# --- the Ray launcher (roles/vllm_service/files) --------------------------------------------
+
+
+def load_launcher():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "roles/vllm_service/files" / cluster.RAY_LAUNCHER
+    spec = importlib.util.spec_from_file_location("ray_launch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_launcher_reads_the_argv_the_role_writes():
+    launch = load_launcher()
+    model = ray_model()
+    head = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07", LAUNCHER, "cuda", 300)
+    args, serve = launch.parse(head[2:])
+    assert (args.role, args.port, args.members, args.gpus, args.address, args.timeout) == (
+        "head",
+        6379,
+        "10.0.0.7,10.0.0.8",
+        8,
+        "10.0.0.7",
+        300,
+    )
+    assert serve == cluster.serve_part(head)
+    worker = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-08", LAUNCHER, "cuda")
+    args, serve = launch.parse(worker[2:])
+    assert (args.role, args.head, args.address, serve) == ("worker", "10.0.0.7:6379", "10.0.0.8", [])
+
+
+def test_the_head_waits_for_every_member_by_address_then_for_the_gpus():
+    launch = load_launcher()
+    members = ["10.0.0.7", "10.0.0.8"]
+    assert launch.formed(members, 8, ["10.0.0.7"], 4) == "1 of 2 members joined; waiting for 10.0.0.8"
+    # A node at another address (a stray raylet) does not stand in for a member.
+    assert "waiting for 10.0.0.8" in launch.formed(members, 8, ["10.0.0.7", "10.0.0.9"], 8)
+    assert launch.formed(members, 8, ["10.0.0.8", "10.0.0.7"], 4) == "every member joined; 4 of 8 GPUs in the cluster"
+    assert launch.formed(members, 8, ["10.0.0.8", "10.0.0.7"], 8) is None
+    assert launch.formed(members, 0, members, 0) is None
+
+
+def test_a_worker_gives_up_on_a_head_that_never_answers():
+    import socket
+
+    launch = load_launcher()
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        launch.POLL_SECONDS = 0.05
+        args, _serve = launch.parse(
+            ["worker", "--head", f"127.0.0.1:{port}", "--address", "127.0.0.1", "--timeout", "0.2"]
+        )
+        assert launch.run_worker(args) == 1
+
+
+def test_with_ray_the_stages_follow_vllms_worker_order_not_the_listed_one():
+    # vLLM's Ray executor ranks the driver's node first, then the others by IP *string*
+    # (ray_executor.py sort_by_driver_then_worker_ip): "10.0.0.10" before "10.0.0.9".
+    hosts = ["n7", "n9", "n10"]
+    addresses = {"n7": "10.0.0.7", "n9": "10.0.0.9", "n10": "10.0.0.10"}
+    item = dict(BIG, gpus=[0, 1], cluster={"hosts": hosts, "executor": "ray"})
+    item["flags"] = dict(BIG["flags"], **{"tensor-parallel-size": 2, "pipeline-parallel-size": 3})
+    ray_vars = {"vllm_runtime_extra_packages": ["ray==2.58.0"]}
+    hostvars = views(*hosts, models=item)
+    for h in hosts:
+        hostvars[h].update(ray_vars, vllm_cluster_address=addresses[h])
+    assert cluster.stage_hosts(normalize_model(item), addresses) == ["n7", "n10", "n9"]
+    mp = dict(item, cluster={"hosts": hosts})
+    assert cluster.stage_hosts(normalize_model(mp), addresses) == hosts
+    result = judge("n9", hostvars, hosts)
+    (plan,) = result["models"]
+    assert result["verdict"] == "ok", plan["errors"]
+    assert plan["gpus"] == ["n7:0", "n7:1", "n10:0", "n10:1", "n9:0", "n9:1"]
+    assert plan["cluster"]["node_rank"] == 2
+
+
+def test_a_ray_heads_start_record_reads_the_models_flags_behind_the_launcher():
+    # The probe keeps the flags a start ran (vllm_start_record.unit_flags, from ExecStart=): on a
+    # Ray head they follow the launcher, and the role's own (the Ray backend) are left out.
+    from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import systemd
+    from ansible_collections.vllm_fleet.fleet.plugins.modules import vllm_start_record
+
+    model = ray_model()
+    head = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07", LAUNCHER)
+    worker = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-08", LAUNCHER)
+    flags = vllm_start_record.unit_flags(systemd.exec_line(head))
+    assert flags == {"tensor-parallel-size": 4, "pipeline-parallel-size": 2, "dtype": "half", "max-model-len": 16384}
+    assert vllm_start_record.unit_flags(systemd.exec_line(worker)) is None
+
+
+def test_the_head_passes_a_stop_on_to_vllm_and_kills_it_after_the_grace():
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "roles/vllm_service/files" / cluster.RAY_LAUNCHER
+    run = (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('l', sys.argv[1]);"
+        " l = importlib.util.module_from_spec(spec); spec.loader.exec_module(l);"
+        " sys.exit(l.supervise([sys.executable, '-c', sys.argv[2]], 1.0))"
+    )
+    # A child that stops on SIGTERM exits with its own code; one that ignores it is killed.
+    polite = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); time.sleep(60)"
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    for child, code in ((polite, 3), (stubborn, 128 + signal.SIGKILL)):
+        proc = subprocess.Popen([sys.executable, "-c", run, str(path), child])
+        time.sleep(1.0)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == code
+        assert time.monotonic() - started < 10
+    assert subprocess.run([sys.executable, "-c", run, str(path), "raise SystemExit(5)"], check=False).returncode == 5

@@ -95,6 +95,8 @@ BIG = {
     "flags": {"tensor-parallel-size": 2, "pipeline-parallel-size": 2},
 }
 
+RAY_BIG = dict(BIG, cluster={"hosts": ["n1", "n2"], "executor": "ray"})
+
 
 def member(item=None, **over):
     item = BIG if item is None else item
@@ -272,6 +274,22 @@ CASES = {
         cluster(),
         cluster(n2=member(address="t4-node-08.example")),
         "set vllm_cluster_address for n2 to its IPv4 address",
+    ),
+    "cluster-ray-platform": (
+        cluster(item=RAY_BIG),
+        replace(cluster(item=RAY_BIG), vllm_device="cpu"),
+        "use executor: mp",
+    ),
+    "cluster-ray-installed": (
+        cluster(
+            item=RAY_BIG,
+            n1=member(RAY_BIG, runtime_packages=["ray==2.58.0"]),
+            n2=member(RAY_BIG, runtime_packages=["ray"]),
+        ),
+        cluster(
+            item=RAY_BIG, n1=member(RAY_BIG, runtime_packages=["ray==2.58.0"]), n2=member(RAY_BIG, runtime_packages=[])
+        ),
+        "n2's vLLM environment does not install it",
     ),
     "cluster-gpus-split": (
         cluster(),

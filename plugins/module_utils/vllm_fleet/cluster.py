@@ -5,10 +5,17 @@ vLLM runs one model over several nodes with its own multiprocessing executor (th
 `--nnodes N --node-rank R --master-addr HEAD --master-port P`; every node but the first runs
 `--headless`, without an API server). Node R runs the ranks R x (tp x pp / N) onwards, and rank r
 is pipeline stage r // tp, so the hosts' order in `cluster.hosts` is the pipeline's order: the
-first is the head, which holds stage 0 and answers the OpenAI API. Ray is not used: vLLM's CPU
-platform refuses it ("current platform cpu does not support ray", v1/executor/ray_utils.py), and
-the mp backend needs nothing beyond vLLM on GPUs either (vllm/config/parallel.py: nnodes > 1 only
-with mp, uni or external_launcher).
+first is the head, which holds stage 0 and answers the OpenAI API. That is the default (`executor: mp`):
+it needs nothing beyond vLLM (vllm/config/parallel.py: nnodes > 1 only with mp, uni or
+external_launcher), and it is the one vLLM's CPU build can serve with.
+
+`executor: ray` is for GPU fleets that run Ray: every member's unit runs the shipped launcher
+(roles/vllm_service/files/vllm_fleet_ray_launch.py, ``launcher_argv``). On the head it starts the
+Ray head, waits until every member has joined with its GPUs, then execs `vllm serve ...
+--distributed-executor-backend ray` (RAY_ADDRESS set); on a worker it waits for the head's port,
+then runs `ray start --address HEAD:PORT --block`. Ray places the stages itself, and vLLM's CPU
+platform refuses it ("current platform cpu does not support ray", v1/executor/ray_utils.py): rule
+cluster-ray-platform.
 
 The same item, in every member's `vllm_models` (a group's vars), describes the whole cluster; this
 module never reads the inventory itself: callers hand it each member's view (``member_views``).
@@ -17,10 +24,23 @@ module never reads the inventory itself: callers hand it each member's view (``m
 from __future__ import annotations
 
 import ipaddress
+import re
+
+from .layout import RUNTIME_EXTRA_PACKAGES
 
 # vLLM's own default for --master-port (vllm/engine/arg_utils.py): where node 0's torch.distributed
 # store listens for the other nodes.
 DEFAULT_MASTER_PORT = 29501
+# Ray's own default GCS port (`ray start --head --port`): where the workers join the head.
+DEFAULT_RAY_PORT = 6379
+EXECUTORS = ("mp", "ray")
+# How long a member's launcher waits for the others (the head for every member, a worker for the
+# head's port) before it gives up and its unit fails: bounded, so a missing member shows as a
+# failed unit and a failed probe, not a start that never ends.
+DEFAULT_RAY_FORM_TIMEOUT = 600
+# The launcher's file name on the hosts (the vllm_service role installs it): how a unit's command
+# is told to be a Ray member's (serve_part).
+RAY_LAUNCHER = "vllm_fleet_ray_launch.py"
 
 # The flags a cluster's units get from this module (argv_for): a model's own flags may not set
 # them (inventory.RESERVED_FLAGS), since each member needs its own value.
@@ -43,9 +63,19 @@ def normalize_cluster(name: str, raw) -> dict | None:
         return None
     if not isinstance(raw, dict):
         raise ClusterError(f"model {name}: cluster must be a dict (hosts: [head, worker, ...]), not {raw!r}")
-    unknown = sorted(set(raw) - {"hosts", "master_port", "addresses"})
+    unknown = sorted(set(raw) - {"hosts", "master_port", "addresses", "executor", "ray_port"})
     if unknown:
-        raise ClusterError(f"model {name}: cluster has unknown keys {unknown}: it takes hosts and master_port")
+        raise ClusterError(
+            f"model {name}: cluster has unknown keys {unknown}: it takes hosts, master_port, executor and ray_port"
+        )
+    executor = raw.get("executor", "mp")
+    if executor not in EXECUTORS:
+        raise ClusterError(f"model {name}: cluster.executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if "ray_port" in raw and executor != "ray":
+        raise ClusterError(f"model {name}: cluster.ray_port is for executor: ray (this cluster's is {executor})")
+    ray_port = raw.get("ray_port", DEFAULT_RAY_PORT)
+    if isinstance(ray_port, bool) or not isinstance(ray_port, int) or not 1 <= ray_port <= 65535:
+        raise ClusterError(f"model {name}: cluster.ray_port must be a port number, got {ray_port!r}")
     hosts = raw.get("hosts")
     if not isinstance(hosts, list) or len(hosts) < 2 or not all(isinstance(h, str) and h for h in hosts):
         raise ClusterError(
@@ -60,11 +90,15 @@ def normalize_cluster(name: str, raw) -> dict | None:
     addresses = raw.get("addresses") or {}
     if not isinstance(addresses, dict) or not all(isinstance(v, str) and v for v in addresses.values()):
         raise ClusterError(f"model {name}: cluster.addresses must map hostnames to addresses, got {addresses!r}")
-    return {
+    out = {
         "hosts": list(hosts),
         "master_port": port,
+        "executor": executor,
         "addresses": {h: str(addresses.get(h) or h) for h in hosts},
     }
+    if executor == "ray":
+        out["ray_port"] = ray_port
+    return out
 
 
 def node_rank(model: dict, host: str) -> int | None:
@@ -91,6 +125,11 @@ def member_flags(model: dict, host: str) -> tuple[dict, dict]:
     if rank is None:
         raise ClusterError(f"model {model['name']}: {host} is not one of cluster.hosts {cluster['hosts']}")
     head = cluster["hosts"][0]
+    if cluster.get("executor") == "ray":
+        # Ray places the workers itself: the head's vLLM needs only the backend (and a worker runs
+        # no vLLM of its own: launcher_argv). VLLM_HOST_IP: the driver's address, which vLLM
+        # looks for among the Ray nodes' (v1/executor/ray_utils.py).
+        return ({"distributed-executor-backend": "ray"} if rank == 0 else {}), {"VLLM_HOST_IP": addresses[host]}
     flags = {
         "distributed-executor-backend": "mp",
         "nnodes": len(cluster["hosts"]),
@@ -121,6 +160,68 @@ def member_environment(model: dict, host: str, interface: str = "", device: str 
         if device == "cuda":
             env["NCCL_SOCKET_IFNAME"] = interface
     return env
+
+
+def runs_ray(model: dict) -> bool:
+    return bool(model.get("cluster")) and model["cluster"].get("executor") == "ray"
+
+
+def runs_vllm(model: dict, host: str) -> bool:
+    """Whether the host's unit for the model runs `vllm serve` (a Ray worker's runs Ray only)."""
+    return not runs_ray(model) or node_rank(model, host) == 0
+
+
+def launcher_argv(model: dict, host: str, python: str, launcher: str, device: str = "cuda", timeout: int = 0) -> list:
+    """The start of a Ray member's unit command (``python launcher ...``), before `-- <vllm serve
+    argv>` on the head; [] for a model that does not run Ray. ``python``: the vLLM environment's (it
+    holds Ray); ``timeout``: how long the member waits for the others (DEFAULT_RAY_FORM_TIMEOUT)."""
+    if not runs_ray(model):
+        return []
+    cluster, rank = model["cluster"], node_rank(model, host)
+    if rank is None:
+        raise ClusterError(f"model {model['name']}: {host} is not one of cluster.hosts {cluster['hosts']}")
+    addresses, port = cluster["addresses"], cluster["ray_port"]
+    wait = ["--address", addresses[host], "--timeout", str(int(timeout or DEFAULT_RAY_FORM_TIMEOUT))]
+    if rank:
+        return [python, launcher, "worker", "--head", f"{addresses[cluster['hosts'][0]]}:{port}", *wait]
+    # Every member must have joined with its share of tp x pp GPUs before vLLM asks Ray for them
+    # (vLLM's own wait for a placement group would block without saying which member is missing);
+    # on the CPU platform Ray has no GPU resource to count (vLLM refuses Ray there anyway).
+    gpus = (gpus_per_member(model) or 0) * len(cluster["hosts"]) if device == "cuda" else 0
+    members = ",".join(addresses[h] for h in cluster["hosts"])
+    return [python, launcher, "head", "--port", str(port), "--members", members, "--gpus", str(gpus), *wait]
+
+
+def stage_hosts(model: dict, addresses: dict | None = None) -> list[str]:
+    """The members in the order of the pipeline's stages (each holds tp x pp / N ranks in a row).
+
+    mp: cluster.hosts as written (node R runs the ranks from R x tp x pp / N). Ray: the head (the
+    driver's node), then the others by address as a string: vLLM's Ray executor sorts its workers
+    by (driver's node first, workers on the node, IP string) (vllm/v1/executor/ray_executor.py
+    sort_by_driver_then_worker_ip), and every member gives the same count (cluster-gpus-split).
+    ``addresses``: each member's, where the item does not carry them yet (preflight's views)."""
+    hosts = list(model["cluster"]["hosts"])
+    if not runs_ray(model):
+        return hosts
+    known = dict(model["cluster"].get("addresses") or {}, **(addresses or {}))
+    return [hosts[0], *sorted(hosts[1:], key=lambda h: str(known.get(h) or h))]
+
+
+def serve_part(argv: list[str]) -> list[str]:
+    """The `vllm serve ...` part of a unit's command: all of it, or what follows `--` after a Ray
+    member's launcher (launcher_argv); [] for a Ray worker's, which runs no vLLM."""
+    if len(argv) > 1 and argv[1].rsplit("/", 1)[-1] == RAY_LAUNCHER:
+        return argv[argv.index("--") + 1 :] if "--" in argv else []
+    return list(argv)
+
+
+def requires_ray(packages) -> bool:
+    """Whether a list of pip requirements ("ray[cgraph]==2.58.0", "ray>=2.48") installs Ray."""
+    for requirement in packages or []:
+        name = re.match(r"\s*([A-Za-z0-9._-]+)", str(requirement))
+        if name and re.sub(r"[-_.]+", "-", name.group(1)).lower() == "ray":
+            return True
+    return False
 
 
 def gpus_per_member(model: dict) -> int | None:
@@ -195,6 +296,8 @@ def member_views(models: list, hostvars, play_hosts: list, default_vllm_version:
                 "model": same[0] if same else None,
                 "gpus": found.get("gpus") if isinstance(found, dict) else None,
                 "address": member_address(own, member),
+                # What the runtime role installs beside vLLM there (rule cluster-ray-installed).
+                "runtime_packages": [str(p) for p in own.get("vllm_runtime_extra_packages") or RUNTIME_EXTRA_PACKAGES],
             }
         views[str(item.get("name"))] = members
     return views

@@ -389,7 +389,15 @@ def check_host(
         plan["verdict"] = "refused" if plan["errors"] else "ok"
         if cluster_model:
             hosts = cluster_model["cluster"]["hosts"]
-            plan["cluster"] = {"hosts": hosts, "head": hosts[0], "node_rank": cluster.node_rank(cluster_model, host)}
+            members = cluster_views.get(cluster_model["name"]) or {}
+            addresses = {m: v["address"] for m, v in members.items() if isinstance(v, dict) and v.get("address")}
+            stages = cluster.stage_hosts(cluster_model, addresses)
+            # node_rank: the host's place in the pipeline (with Ray, vLLM's order, not cluster.hosts').
+            plan["cluster"] = {
+                "hosts": hosts,
+                "head": hosts[0],
+                "node_rank": stages.index(host) if host in stages else None,
+            }
         plan["port"] = item.get("port")
         plan["repo"] = item.get("model")
         plan["revision"], plan["commit"] = revision["revision"], revision.get("commit")
@@ -443,11 +451,12 @@ def _cluster_model(item: dict) -> dict | None:
 
 
 def _cluster_gpus(model: dict, host: str, own_gpus: list[dict], members: dict) -> tuple[list[dict], list[str]]:
-    """The GPUs a cluster gives its model, in vLLM's rank order (node 0's first), and their names
-    as host:index. A member whose GPUs the play has not found (not in the play: refused by
-    cluster-in-play) is planned as if it had this host's."""
+    """The GPUs a cluster gives its model, in vLLM's rank order (the stages' hosts in order:
+    cluster.stage_hosts), and their names as host:index. A member whose GPUs the play has not
+    found (not in the play: refused by cluster-in-play) is planned as if it had this host's."""
     given, names = [], []
-    for member in model["cluster"]["hosts"]:
+    addresses = {m: v["address"] for m, v in members.items() if isinstance(v, dict) and v.get("address")}
+    for member in cluster.stage_hosts(model, addresses):
         found = own_gpus if member == host else (members.get(member) or {}).get("gpus")
         try:
             theirs = [resolve(g) for g in found] if found is not None and member != host else own_gpus

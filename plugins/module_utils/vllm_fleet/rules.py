@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from . import quantization, revisions, systemd, vllm_architectures
 from .architectures import ARCHITECTURES
-from .cluster import SHARED_FIELDS, gpus_per_member, is_ipv4_address
+from .cluster import SHARED_FIELDS, gpus_per_member, is_ipv4_address, requires_ray, runs_ray
 from .gpus import cc_int, has_bf16
 from .inventory import InventoryError, normalize_model
 from .model_facts import ModelFacts, kv_heads_per_rank
@@ -448,6 +448,27 @@ def check_cluster_same_runtime(case: ClusterCase) -> list[dict]:
                 }
             )
     return out
+
+
+def check_cluster_ray_platform(case: ClusterCase) -> list[dict]:
+    if not runs_ray(case.model):
+        return []
+    on_cpu = sorted(
+        m for m, view in case.members.items() if view.get("in_inventory") and view.get("vllm_device") == "cpu"
+    )
+    if case.vllm_device == "cpu" and case.host not in on_cpu:
+        on_cpu.insert(0, case.host)
+    return [{"model": case.model["name"], "members": ", ".join(on_cpu)}] if on_cpu else []
+
+
+def check_cluster_ray_installed(case: ClusterCase) -> list[dict]:
+    if not runs_ray(case.model):
+        return []
+    return [
+        {"model": case.model["name"], "member": m}
+        for m, view in sorted(case.members.items())
+        if view.get("in_inventory") and "runtime_packages" in view and not requires_ray(view["runtime_packages"])
+    ]
 
 
 def check_cluster_address_ip(case: ClusterCase) -> list[dict]:
@@ -1540,6 +1561,32 @@ RULES: tuple[Rule, ...] = (
         "{member} would run {model} on {theirs}, this host on {ours}",
         "set vllm_version and vllm_device alike for every member of the cluster of {model}",
         check_cluster_same_runtime,
+    ),
+    Rule(
+        "cluster-ray-platform",
+        "cluster",
+        "A cluster runs Ray (executor: ray) only on GPUs: vLLM's CPU build refuses it.",
+        "vLLM's CPU platform has no Ray device key: `vllm serve --distributed-executor-backend ray` "
+        "starts Ray, then fails with `ValueError: current platform cpu does not support ray.` "
+        "(measured with the pinned CPU build and Ray 2.58 and 2.60, docs/multinode.md).",
+        ("vllm/v1/executor/ray_utils.py", "vllm/platforms/interface.py"),
+        "{model} runs Ray (cluster.executor: ray) on the CPU build on {members}: vLLM refuses it there "
+        "(current platform cpu does not support ray)",
+        "use executor: mp (the default), which serves across hosts on the CPU build",
+        check_cluster_ray_platform,
+    ),
+    Rule(
+        "cluster-ray-installed",
+        "cluster",
+        "Every member of a Ray cluster installs Ray beside vLLM (vllm_runtime_extra_packages).",
+        "vLLM does not depend on Ray (requirements/cuda.txt lists none; its Ray executor imports it "
+        "when asked): an environment built without it has no `ray` for the launcher to start, and "
+        "the unit fails on every start.",
+        ("vllm/v1/executor/ray_utils.py",),
+        "{model} runs Ray (cluster.executor: ray), but {member}'s vLLM environment does not install it",
+        "add Ray, as vLLM's release asks for it, to vllm_runtime_extra_packages on every member, "
+        "e.g. 'ray[cgraph]==2.58.0' (pipeline parallel uses Ray's compiled graphs)",
+        check_cluster_ray_installed,
     ),
     Rule(
         "cluster-address-ip",

@@ -1,0 +1,192 @@
+"""A Ray cluster member's unit (vllm-fleet, docs/multinode.md): run by the vLLM environment's
+Python, which holds Ray.
+
+  head   --port P --members A,B,... --gpus G --address A --timeout S -- <vllm serve argv>
+         starts the Ray head on A:P, waits until every member's address is among Ray's live nodes
+         and the cluster has G GPUs, then runs vLLM with RAY_ADDRESS=A:P (as its child, passing a
+         stop on: supervise): vLLM asks Ray for its placement only when every stage has somewhere
+         to go.
+  worker --head H:P --address A --timeout S
+         waits until the head's port answers, then execs `ray start --address H:P --block`.
+
+Both give up after S seconds with a message that names what is missing, and exit 1: the unit
+fails (and systemd restarts it), rather than a start that waits for ever. The Ray processes live
+in the unit's cgroup, so stopping the unit stops them. Not ExecStartPre=: systemd kills what an
+ExecStartPre= command leaves running before ExecStart= starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+
+POLL_SECONDS = 2.0
+
+
+def log(message: str) -> None:
+    print(f"vllm-fleet ray: {message}", flush=True)
+
+
+def ray_command() -> list[str]:
+    # Ray's command line from this Python's own Ray (not a `ray` script on PATH, maybe another's).
+    return [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def missing_members(members: list[str], alive: list[str]) -> list[str]:
+    """The members' addresses that are not among the live Ray nodes' addresses."""
+    return [m for m in members if m not in alive]
+
+
+def formed(members: list[str], gpus_needed: float, alive: list[str], gpus: float) -> str | None:
+    """None when every member is a live node and the cluster has the GPUs; else what is missing."""
+    missing = missing_members(members, alive)
+    if missing:
+        return f"{len(members) - len(missing)} of {len(members)} members joined; waiting for {', '.join(missing)}"
+    if gpus < gpus_needed:
+        return f"every member joined; {gpus:g} of {gpus_needed:g} GPUs in the cluster"
+    return None
+
+
+def port_open(address: str, timeout: float = 2.0) -> bool:
+    host, _sep, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def run_head(args, serve_argv: list[str]) -> int:
+    import subprocess
+
+    started = subprocess.run(
+        [
+            *ray_command(),
+            "start",
+            "--head",
+            "--node-ip-address",
+            args.address,
+            "--port",
+            str(args.port),
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        check=False,
+    )
+    if started.returncode:
+        log(f"`ray start --head` failed (exit {started.returncode})")
+        return 1
+    import ray
+
+    gcs = f"{args.address}:{args.port}"
+    members = [m for m in args.members.split(",") if m]
+    # As the head's own node: left to itself Ray picks the address of the default route.
+    ray.init(address=gcs, _node_ip_address=args.address, logging_level="ERROR", log_to_driver=False)
+    deadline, said = time.monotonic() + args.timeout, None
+    while True:
+        alive = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        missing = formed(members, args.gpus, alive, gpus)
+        if missing is None:
+            break
+        if missing != said:
+            log(missing)
+            said = missing
+        if time.monotonic() > deadline:
+            log(f"gave up after {args.timeout} s: {missing}")
+            return 1
+        time.sleep(POLL_SECONDS)
+    ray.shutdown()
+    log(f"cluster formed: {len(members)} members ({', '.join(members)}), {gpus:g} GPUs; starting vLLM")
+    if not serve_argv:
+        log("no vllm serve command after --")
+        return 2
+    os.environ["RAY_ADDRESS"] = gcs
+    return supervise(serve_argv, args.stop_grace)
+
+
+def supervise(argv: list[str], grace: float) -> int:
+    """Run vLLM as this process's child and exit with it. A stop (SIGTERM, SIGINT) is passed on to
+    vLLM, which gets ``grace`` seconds to finish before it is killed: the unit's KillMode=mixed
+    signals only this process, then kills what is left (Ray's daemons) once it exits. Not exec:
+    vLLM still starting its engine may not answer SIGTERM at all (seen on the test hosts while its
+    engine waited for Ray), and the stop would then last the unit's whole TimeoutStopSec."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(argv)
+    stop_by: list[float] = []
+
+    def forward(signum, _frame):
+        if not stop_by:
+            stop_by.append(time.monotonic() + grace)
+        child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        try:
+            code = child.wait(timeout=1)
+            break
+        except subprocess.TimeoutExpired:
+            if stop_by and time.monotonic() > stop_by[0]:
+                log(f"vLLM did not stop within {grace:g} s of the signal: killing it")
+                child.kill()
+    return code if code >= 0 else 128 - code
+
+
+def run_worker(args) -> int:
+    deadline, said = time.monotonic() + args.timeout, False
+    while not port_open(args.head):
+        if not said:
+            log(f"waiting for the head's Ray port {args.head}")
+            said = True
+        if time.monotonic() > deadline:
+            log(f"gave up after {args.timeout} s: the head's Ray port {args.head} does not answer")
+            return 1
+        time.sleep(POLL_SECONDS)
+    log(f"joining the Ray cluster at {args.head} as {args.address}")
+    argv = [
+        *ray_command(),
+        "start",
+        "--address",
+        args.head,
+        "--node-ip-address",
+        args.address,
+        "--block",
+        "--disable-usage-stats",
+    ]
+    os.execv(argv[0], argv)
+    return 2  # not reached
+
+
+def parse(argv: list[str]):
+    serve: list[str] = []
+    if "--" in argv:
+        argv, serve = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    parser = argparse.ArgumentParser(prog="vllm_fleet_ray_launch")
+    roles = parser.add_subparsers(dest="role", required=True)
+    head = roles.add_parser("head")
+    head.add_argument("--port", type=int, required=True)
+    head.add_argument("--members", required=True, help="every member's address, the head's first")
+    head.add_argument("--gpus", type=float, default=0)
+    head.add_argument("--stop-grace", type=float, default=30, help="seconds vLLM gets to stop on SIGTERM")
+    worker = roles.add_parser("worker")
+    worker.add_argument("--head", required=True, help="HEAD_ADDRESS:RAY_PORT")
+    for sub in (head, worker):
+        sub.add_argument("--address", required=True, help="this member's address on the members' network")
+        sub.add_argument("--timeout", type=float, default=600)
+    return parser.parse_args(argv), serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, serve = parse(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return run_head(args, serve) if args.role == "head" else run_worker(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
