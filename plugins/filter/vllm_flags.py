@@ -42,14 +42,16 @@ def vllm_serve_argv(model, bin_dir, models_root, bind_address, host=None):
     return [f"{bin_dir}/vllm", "serve", model_dir, *where, *vllm_argv(model.get("flags")), *vllm_argv(part)]
 
 
-def vllm_unit_argv(model, bin_dir, models_root, bind_address, host=None, launcher="", device="cuda", timeout=0):
+def vllm_unit_argv(
+    model, bin_dir, models_root, bind_address, host=None, launcher="", device="cuda", timeout=0, stop_sec=60
+):
     """The argv a model's unit runs (its ExecStart=): vllm_serve_argv, and for a member of a Ray
     cluster the launcher (``launcher``: its path on the host) in front: `<env>/bin/python LAUNCHER
     head ... -- <vllm serve argv>` on the head, `... worker ...` alone on a worker
     (cluster.launcher_argv; docs/multinode.md)."""
     try:
         prefix = cluster.launcher_argv(
-            model, str(host), f"{bin_dir}/python", str(launcher), str(device), int(timeout or 0)
+            model, str(host), f"{bin_dir}/python", str(launcher), str(device), int(timeout or 0), int(stop_sec or 60)
         )
     except cluster.ClusterError as e:
         raise AnsibleFilterError(str(e)) from e

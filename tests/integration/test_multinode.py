@@ -374,6 +374,7 @@ def ray_units(cluster, deployed, ray_wheels):
     members = f"{cluster.head.name},{cluster.worker.name}"
     result = cluster.play(RAY_PLAYBOOK, "-l", members, revision=cluster.ray_revision)
     assert result.returncode == 0, failures(result.output)
+    cluster.ray_play_output = result.output
     return since
 
 
@@ -383,7 +384,7 @@ def test_two_hosts_form_a_ray_cluster_through_their_units_before_vllm_starts(clu
     sep = head_args.index("--")
     assert head_args[1:sep] == [
         LAUNCHER, "head", "--port", "6379", "--members", f"{head.cluster_address},{worker.cluster_address}",
-        "--gpus", "0", "--address", head.cluster_address, "--timeout", "600",
+        "--gpus", "0", "--stop-grace", "30", "--address", head.cluster_address, "--timeout", "600",
     ]  # fmt: skip
     serve = head_args[sep + 1 :]
     assert serve[1] == "serve" and has_run(serve, ["--distributed-executor-backend", "ray"])
@@ -395,6 +396,7 @@ def test_two_hosts_form_a_ray_cluster_through_their_units_before_vllm_starts(clu
     for host in cluster.hosts:
         mode = testhosts.ssh(host, f"stat -c '%U %a' {LAUNCHER}").stdout.split()
         assert mode == ["root", "644"], (host.name, mode)
+        assert testhosts.ssh(host, f"grep -c '^KillMode=mixed$' {UNIT}").stdout.strip() == "1", host.name
     # Ray's own answer, through the units: the worker joined the head, the head counted both
     # members among Ray's live nodes, and only then started vLLM, whose CPU platform refuses Ray.
     wait_for_journal(worker, ray_units, f"joining the Ray cluster at {head.cluster_address}:6379")
@@ -417,7 +419,7 @@ def test_the_ray_head_waits_for_a_missing_worker_without_starting_vllm(cluster, 
     print(f"\n[multinode] ray: the head's unit restarted in {took:.1f} s")
     waiting = f"1 of 2 members joined; waiting for {worker.cluster_address}"
     wait_for_journal(head, since, waiting, timeout=180)
-    time.sleep(15)  # the head keeps waiting: no vLLM, its main process is still the launcher
+    time.sleep(8)  # the head keeps waiting (it polls Ray every 2 s): no vLLM, its main process is the launcher
     journal = journal_since(head, since)
     assert "cluster formed" not in journal and "does not support ray" not in journal, journal[-3000:]
     main = testhosts.ssh(head, "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value vllm-tiny-pp)/cmdline").stdout
@@ -435,6 +437,12 @@ def test_the_ray_head_waits_for_a_missing_worker_without_starting_vllm(cluster, 
     stranger = testhosts.ssh(worker, f"timeout 60 {python} -c {shlex.quote(probe)} 2>&1", check=False, timeout=90)
     assert stranger.returncode != 0, stranger.stdout[-2000:]
     assert "Authentication token is missing or incorrect" in stranger.stdout, stranger.stdout[-2000:]
+    # The token only in the 0600 secrets files: not in a unit, a command line or the play's output.
+    (token,) = tokens
+    assert token not in cluster.ray_play_output
+    for host in cluster.hosts:
+        seen = testhosts.ssh(host, f"cat {UNIT}; ps -eo args; journalctl -u vllm-tiny-pp -o cat --no-pager").stdout
+        assert token not in seen, f"the Ray token shows on {host.name}"
     testhosts.ssh(worker, "systemctl start vllm-tiny-pp")
     members = f"{head.cluster_address}, {worker.cluster_address}"
     journal = wait_for_journal(head, since, f"cluster formed: 2 members ({members})", timeout=240)

@@ -125,8 +125,11 @@ def test_a_ray_head_runs_the_launcher_then_vllm_with_the_ray_backend_and_a_worke
     sep = head.index("--")
     assert head[:sep] == [
         "/env/bin/python", LAUNCHER, "head", "--port", "6379", "--members", "10.0.0.7,10.0.0.8",
-        "--gpus", "8", "--address", "10.0.0.7", "--timeout", "300",
+        "--gpus", "8", "--stop-grace", "30", "--address", "10.0.0.7", "--timeout", "300",
     ]  # fmt: skip
+    # vLLM gets half the unit's TimeoutStopSec to stop; the rest is systemd's, for Ray.
+    short = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07", LAUNCHER, "cuda", 300, 20)
+    assert short[short.index("--stop-grace") + 1] == "10"
     serve = head[sep + 1 :]
     assert serve == vllm_serve_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07")
     assert serve[:2] == ["/env/bin/vllm", "serve"] and serve[-2:] == ["--distributed-executor-backend", "ray"]
@@ -165,18 +168,20 @@ def test_the_serve_part_of_a_units_command_is_found_behind_the_launcher():
 
 
 @pytest.mark.parametrize(
-    "packages, installs",
+    "packages, problem",
     [
-        (["ray[cgraph]==2.58.0"], True),
-        (["modelscope==1.40.2", "Ray>=2.48"], True),
-        (["ray"], True),
-        (["modelscope==1.40.2"], False),
-        (["raylib==1.0", "xray"], False),
-        ([], False),
+        (["ray[cgraph]==2.58.0"], None),
+        (["modelscope==1.40.2", "Ray==2.52.1"], None),
+        (["ray"], "installs it unpinned (ray)"),
+        (["ray>=2.52"], "installs it unpinned (ray>=2.52)"),
+        (["ray==2.48.0"], "installs ray==2.48.0, older than Ray's token authentication"),
+        (["modelscope==1.40.2"], "does not install it"),
+        (["raylib==1.0", "xray==2.58.0"], "does not install it"),
+        ([], "does not install it"),
     ],
 )
-def test_requires_ray_reads_the_requirement_names(packages, installs):
-    assert cluster.requires_ray(packages) is installs
+def test_a_ray_requirement_must_be_there_pinned_and_have_token_authentication(packages, problem):
+    assert cluster.ray_requirement_problem(packages) == problem
 
 
 def test_ray_is_refused_on_the_cpu_build_and_where_a_member_does_not_install_it():
@@ -384,14 +389,8 @@ def test_the_launcher_reads_the_argv_the_role_writes():
     model = ray_model()
     head = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07", LAUNCHER, "cuda", 300)
     args, serve = launch.parse(head[2:])
-    assert (args.role, args.port, args.members, args.gpus, args.address, args.timeout) == (
-        "head",
-        6379,
-        "10.0.0.7,10.0.0.8",
-        8,
-        "10.0.0.7",
-        300,
-    )
+    got = (args.role, args.port, args.members, args.gpus, args.address, args.timeout, args.stop_grace)
+    assert got == ("head", 6379, "10.0.0.7,10.0.0.8", 8, "10.0.0.7", 300, 30)
     assert serve == cluster.serve_part(head)
     worker = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-08", LAUNCHER, "cuda")
     args, serve = launch.parse(worker[2:])
@@ -482,3 +481,50 @@ def test_the_head_passes_a_stop_on_to_vllm_and_kills_it_after_the_grace():
         assert proc.wait(timeout=20) == code
         assert time.monotonic() - started < 10
     assert subprocess.run([sys.executable, "-c", run, str(path), "raise SystemExit(5)"], check=False).returncode == 5
+
+
+def test_a_worker_joins_again_when_its_ray_exits_until_it_is_stopped():
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "roles/vllm_service/files" / cluster.RAY_LAUNCHER
+    # `ray start --block` stands in as a process that joins and then loses its head at once.
+    run = (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('l', sys.argv[1]);"
+        " l = importlib.util.module_from_spec(spec); spec.loader.exec_module(l);"
+        " l.POLL_SECONDS = 0.2; l.port_open = lambda *a, **k: True;"
+        " l.ray_command = lambda: [sys.executable, '-c', 'print(\"JOINED\", flush=True); raise SystemExit(1)'];"
+        " args, _ = l.parse(['worker', '--head', '10.0.0.7:6379', '--address', '10.0.0.8']);"
+        " sys.exit(l.run_worker(args))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", run, str(path)], stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _err = proc.communicate(timeout=20)
+    assert time.monotonic() - started < 10
+    assert out.count("JOINED") >= 2, out
+    assert out.count("left the Ray cluster (ray exited 1); joining again") >= 1, out
+    assert proc.returncode == 0, out
+
+
+def test_the_launcher_refuses_a_ray_without_token_authentication():
+    launch = load_launcher()
+    assert launch.ray_too_old("2.48.0") and launch.ray_too_old("1.13.1") and launch.ray_too_old("dev")
+    assert not launch.ray_too_old("2.52.0") and not launch.ray_too_old("2.58.0") and not launch.ray_too_old("3.0.0")
+
+
+def test_the_rollout_summary_reads_a_ray_heads_flags_behind_its_launcher():
+    from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rollout
+
+    model = ray_model()
+    head = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-07", LAUNCHER)
+    items = rollout._flag_items(head)
+    assert "--dtype half" in items and "--distributed-executor-backend ray" in items
+    assert not [i for i in items if LAUNCHER in i or "--members" in i or i.endswith("/vllm serve")], items
+    assert items[0] == "--host 0.0.0.0", items
+    worker = vllm_unit_argv(model, "/env/bin", "/models", "0.0.0.0", "t4-node-08", LAUNCHER)
+    assert rollout._flag_items(worker) == []

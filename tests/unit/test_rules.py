@@ -284,12 +284,17 @@ CASES = {
         cluster(
             item=RAY_BIG,
             n1=member(RAY_BIG, runtime_packages=["ray==2.58.0"]),
-            n2=member(RAY_BIG, runtime_packages=["ray"]),
+            n2=member(RAY_BIG, runtime_packages=["ray==2.58.0"]),
         ),
         cluster(
             item=RAY_BIG, n1=member(RAY_BIG, runtime_packages=["ray==2.58.0"]), n2=member(RAY_BIG, runtime_packages=[])
         ),
         "n2's vLLM environment does not install it",
+    ),
+    "ray-cluster-per-host": (
+        host([{"name": "a", "cluster": {"executor": "ray"}}, {"name": "b", "cluster": {"hosts": ["n1", "n2"]}}]),
+        host([{"name": "a", "cluster": {"executor": "ray"}}, {"name": "b", "cluster": {"executor": "ray"}}]),
+        "serve one of them with executor: mp",
     ),
     "cluster-gpus-split": (
         cluster(),

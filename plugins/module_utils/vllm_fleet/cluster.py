@@ -11,11 +11,11 @@ external_launcher), and it is the one vLLM's CPU build can serve with.
 
 `executor: ray` is for GPU fleets that run Ray: every member's unit runs the shipped launcher
 (roles/vllm_service/files/vllm_fleet_ray_launch.py, ``launcher_argv``). On the head it starts the
-Ray head, waits until every member has joined with its GPUs, then execs `vllm serve ...
---distributed-executor-backend ray` (RAY_ADDRESS set); on a worker it waits for the head's port,
-then runs `ray start --address HEAD:PORT --block`. Ray places the stages itself, and vLLM's CPU
-platform refuses it ("current platform cpu does not support ray", v1/executor/ray_utils.py): rule
-cluster-ray-platform.
+Ray head, waits until every member has joined with its GPUs, then runs `vllm serve ...
+--distributed-executor-backend ray` (RAY_ADDRESS set) as its child; on a worker it waits for the
+head's port, then runs `ray start --address HEAD:PORT --block`, rejoining after a head restart.
+Ray places the stages itself (stage_hosts), and vLLM's CPU platform refuses it ("current platform
+cpu does not support ray", v1/executor/ray_utils.py): rule cluster-ray-platform.
 
 The same item, in every member's `vllm_models` (a group's vars), describes the whole cluster; this
 module never reads the inventory itself: callers hand it each member's view (``member_views``).
@@ -38,8 +38,7 @@ EXECUTORS = ("mp", "ray")
 # head's port) before it gives up and its unit fails: bounded, so a missing member shows as a
 # failed unit and a failed probe, not a start that never ends.
 DEFAULT_RAY_FORM_TIMEOUT = 600
-# The launcher's file name on the hosts (the vllm_service role installs it): how a unit's command
-# is told to be a Ray member's (serve_part).
+# The launcher's file name, in the vllm_service role's files and (by default) on the hosts.
 RAY_LAUNCHER = "vllm_fleet_ray_launch.py"
 
 # The flags a cluster's units get from this module (argv_for): a model's own flags may not set
@@ -171,10 +170,14 @@ def runs_vllm(model: dict, host: str) -> bool:
     return not runs_ray(model) or node_rank(model, host) == 0
 
 
-def launcher_argv(model: dict, host: str, python: str, launcher: str, device: str = "cuda", timeout: int = 0) -> list:
+def launcher_argv(
+    model: dict, host: str, python: str, launcher: str, device: str = "cuda", timeout: int = 0, stop_sec: int = 60
+) -> list:
     """The start of a Ray member's unit command (``python launcher ...``), before `-- <vllm serve
     argv>` on the head; [] for a model that does not run Ray. ``python``: the vLLM environment's (it
-    holds Ray); ``timeout``: how long the member waits for the others (DEFAULT_RAY_FORM_TIMEOUT)."""
+    holds Ray); ``timeout``: how long the member waits for the others (DEFAULT_RAY_FORM_TIMEOUT);
+    ``stop_sec``: the unit's TimeoutStopSec, half of which vLLM gets to stop before the head's
+    launcher kills it (the rest is systemd's, for Ray)."""
     if not runs_ray(model):
         return []
     cluster, rank = model["cluster"], node_rank(model, host)
@@ -189,7 +192,11 @@ def launcher_argv(model: dict, host: str, python: str, launcher: str, device: st
     # on the CPU platform Ray has no GPU resource to count (vLLM refuses Ray there anyway).
     gpus = (gpus_per_member(model) or 0) * len(cluster["hosts"]) if device == "cuda" else 0
     members = ",".join(addresses[h] for h in cluster["hosts"])
-    return [python, launcher, "head", "--port", str(port), "--members", members, "--gpus", str(gpus), *wait]
+    grace = str(max(int(stop_sec) // 2, 1))
+    return [
+        python, launcher, "head", "--port", str(port), "--members", members, "--gpus", str(gpus),
+        "--stop-grace", grace, *wait,
+    ]  # fmt: skip
 
 
 def stage_hosts(model: dict, addresses: dict | None = None) -> list[str]:
@@ -210,18 +217,39 @@ def stage_hosts(model: dict, addresses: dict | None = None) -> list[str]:
 def serve_part(argv: list[str]) -> list[str]:
     """The `vllm serve ...` part of a unit's command: all of it, or what follows `--` after a Ray
     member's launcher (launcher_argv); [] for a Ray worker's, which runs no vLLM."""
-    if len(argv) > 1 and argv[1].rsplit("/", 1)[-1] == RAY_LAUNCHER:
+    # Told by its shape (python LAUNCHER head|worker ...), not the launcher's file name, which
+    # vllm_service_ray_launcher may change.
+    if len(argv) > 2 and argv[1].endswith(".py") and argv[2] in ("head", "worker"):
         return argv[argv.index("--") + 1 :] if "--" in argv else []
     return list(argv)
 
 
-def requires_ray(packages) -> bool:
-    """Whether a list of pip requirements ("ray[cgraph]==2.58.0", "ray>=2.48") installs Ray."""
+# Ray's token authentication (RAY_AUTH_MODE=token, which every Ray member's unit turns on) exists
+# from Ray 2.52; an older Ray ignores the setting and leaves its control plane open.
+MIN_RAY_VERSION = (2, 52)
+
+
+def ray_requirement(packages) -> str | None:
+    """The requirement of a list of pip requirements that installs Ray ("ray[cgraph]==2.58.0"), or None."""
     for requirement in packages or []:
         name = re.match(r"\s*([A-Za-z0-9._-]+)", str(requirement))
         if name and re.sub(r"[-_.]+", "-", name.group(1)).lower() == "ray":
-            return True
-    return False
+            return str(requirement).strip()
+    return None
+
+
+def ray_requirement_problem(packages) -> str | None:
+    """What is wrong with a member's Ray requirement for a Ray cluster, or None: it must be there,
+    pinned (==, as every package of a host's environment), at MIN_RAY_VERSION or later."""
+    requirement = ray_requirement(packages)
+    if requirement is None:
+        return "does not install it"
+    pinned = re.search(r"==\s*(\d+)\.(\d+)", requirement)
+    if not pinned:
+        return f"installs it unpinned ({requirement})"
+    if (int(pinned.group(1)), int(pinned.group(2))) < MIN_RAY_VERSION:
+        return f"installs {requirement}, older than Ray's token authentication"
+    return None
 
 
 def gpus_per_member(model: dict) -> int | None:

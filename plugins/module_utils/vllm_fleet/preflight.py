@@ -411,6 +411,7 @@ def check_host(
                 "port": m.get("port"),
                 "gpus": m.get("gpus") or [],
                 "flags": normalize(m.get("flags") or {}),
+                "cluster": m.get("cluster") if isinstance(m.get("cluster"), dict) else None,
             }
             for m in models
             if m.get("name") not in unprintable

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from . import layout, revisions
+from . import cluster, layout, revisions
 
 # What makes two records the same deployment (the unit and secrets files by content, and what
 # they point at); saved_at and other bookkeeping are left out so a re-run changes nothing.
@@ -34,7 +34,9 @@ def same_deployment(a: dict | None, b: dict | None) -> bool:
 
 
 def _flag_args(argv: list[str]) -> list[str]:
-    """The flags of `<bin>/vllm serve <model dir> --host H --port P <flags...>` (from the 3rd item)."""
+    """The flags of `<bin>/vllm serve <model dir> --host H --port P <flags...>` (from the 3rd item);
+    on a Ray member, of the vLLM line behind its launcher (a worker's has none)."""
+    argv = cluster.serve_part(list(argv))
     return list(argv[3:]) if len(argv) > 3 and argv[1] == "serve" else list(argv)
 
 

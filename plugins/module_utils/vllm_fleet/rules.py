@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from . import quantization, revisions, systemd, vllm_architectures
 from .architectures import ARCHITECTURES
-from .cluster import SHARED_FIELDS, gpus_per_member, is_ipv4_address, requires_ray, runs_ray
+from .cluster import SHARED_FIELDS, gpus_per_member, is_ipv4_address, ray_requirement_problem, runs_ray
 from .gpus import cc_int, has_bf16
 from .inventory import InventoryError, normalize_model
 from .model_facts import ModelFacts, kv_heads_per_rank
@@ -464,11 +464,13 @@ def check_cluster_ray_platform(case: ClusterCase) -> list[dict]:
 def check_cluster_ray_installed(case: ClusterCase) -> list[dict]:
     if not runs_ray(case.model):
         return []
-    return [
-        {"model": case.model["name"], "member": m}
-        for m, view in sorted(case.members.items())
-        if view.get("in_inventory") and "runtime_packages" in view and not requires_ray(view["runtime_packages"])
-    ]
+    out = []
+    for member, view in sorted(case.members.items()):
+        if view.get("in_inventory") and "runtime_packages" in view:
+            problem = ray_requirement_problem(view["runtime_packages"])
+            if problem:
+                out.append({"model": case.model["name"], "member": member, "problem": problem})
+    return out
 
 
 def check_cluster_address_ip(case: ClusterCase) -> list[dict]:
@@ -873,6 +875,11 @@ def check_ports(host: HostCase) -> list[dict]:
         for p, c in counts.items()
         if c > 1
     ]
+
+
+def check_one_ray_cluster(host: HostCase) -> list[dict]:
+    ray = [m["name"] for m in host.models if (m.get("cluster") or {}).get("executor") == "ray"]
+    return [{"models": ", ".join(ray)}] if len(ray) > 1 else []
 
 
 def check_names(host: HostCase) -> list[dict]:
@@ -1446,6 +1453,18 @@ RULES: tuple[Rule, ...] = (
         check_gpu_sharing,
     ),
     Rule(
+        "ray-cluster-per-host",
+        "host",
+        "A host is a member of one Ray cluster at most (cluster.executor: ray).",
+        "Each member runs its own Ray node; a second one on the host takes Ray's fixed ports again "
+        "(the head's client server, 10001; its agents' ports) and its raylets would share the "
+        "host's GPUs with the first's.",
+        ("vllm/v1/executor/ray_utils.py",),
+        "{models} each run a Ray cluster with this host in it",
+        "serve one of them with executor: mp, or put them on separate hosts",
+        check_one_ray_cluster,
+    ),
+    Rule(
         "ports-unique",
         "host",
         "Each model of a host listens on its own port.",
@@ -1578,12 +1597,14 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "cluster-ray-installed",
         "cluster",
-        "Every member of a Ray cluster installs Ray beside vLLM (vllm_runtime_extra_packages).",
+        "Every member of a Ray cluster installs Ray beside vLLM (vllm_runtime_extra_packages), pinned, 2.52 or later.",
         "vLLM does not depend on Ray (requirements/cuda.txt lists none; its Ray executor imports it "
         "when asked): an environment built without it has no `ray` for the launcher to start, and "
-        "the unit fails on every start.",
+        "the unit fails on every start. The units turn on Ray's token authentication, which Ray "
+        "has from 2.52: an older Ray ignores it and leaves its control plane (which runs code for "
+        "whoever reaches it) open; unpinned, the members may install different releases.",
         ("vllm/v1/executor/ray_utils.py",),
-        "{model} runs Ray (cluster.executor: ray), but {member}'s vLLM environment does not install it",
+        "{model} runs Ray (cluster.executor: ray), but {member}'s vLLM environment {problem}",
         "add Ray, as vLLM's release asks for it, to vllm_runtime_extra_packages on every member, "
         "e.g. 'ray[cgraph]==2.58.0' (pipeline parallel uses Ray's compiled graphs)",
         check_cluster_ray_installed,

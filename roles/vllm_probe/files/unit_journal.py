@@ -18,15 +18,21 @@ import sys
 HIDDEN = "********"
 
 
-def key_in(env_file: str) -> str:
+# The secrets a unit's EnvironmentFile holds: its API key, and a Ray member's token.
+SECRET_NAMES = ("VLLM_API_KEY", "RAY_AUTH_TOKEN")
+
+
+def secrets_in(env_file: str) -> list[str]:
+    found = []
     try:
         with open(env_file, encoding="utf-8") as f:
             for line in f:
-                if line.startswith("VLLM_API_KEY="):
-                    return line.split("=", 1)[1].strip()
+                name, _sep, value = line.partition("=")
+                if name in SECRET_NAMES and value.strip():
+                    found.append(value.strip())
     except OSError:
-        pass  # no secrets file: no key to hide
-    return ""
+        pass  # no secrets file: nothing to hide
+    return found
 
 
 def invocation_of(unit: str) -> str:
@@ -65,10 +71,12 @@ def tail(unit: str, lines: str) -> str:
 
 def main() -> int:
     unit, env_file, mode = sys.argv[1:4]
-    key = key_in(env_file)
+    secrets = secrets_in(env_file)
 
     def hidden(text: str) -> str:
-        return text.replace(key, HIDDEN) if key else text
+        for secret in secrets:
+            text = text.replace(secret, HIDDEN)
+        return text
 
     if mode == "since-start":
         # One read of the ID for both: the lines are those of the start the ID names.

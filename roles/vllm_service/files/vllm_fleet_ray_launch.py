@@ -7,7 +7,8 @@ Python, which holds Ray.
          stop on: supervise): vLLM asks Ray for its placement only when every stage has somewhere
          to go.
   worker --head H:P --address A --timeout S
-         waits until the head's port answers, then execs `ray start --address H:P --block`.
+         waits until the head's port answers, then runs `ray start --address H:P --block`, and
+         joins again whenever that exits (the head restarted) until the unit stops.
 
 Both give up after S seconds with a message that names what is missing, and exit 1: the unit
 fails (and systemd restarts it), rather than a start that waits for ever. The Ray processes live
@@ -24,6 +25,11 @@ import sys
 import time
 
 POLL_SECONDS = 2.0
+# Ray's token authentication (RAY_AUTH_MODE=token, which the unit sets) exists from this release:
+# an older Ray ignores it and would leave its control plane open.
+MIN_RAY = (2, 52)
+# The signals that asked this process to stop (supervise's handler adds them).
+STOPPING: list[int] = []
 
 
 def log(message: str) -> None:
@@ -121,9 +127,11 @@ def supervise(argv: list[str], grace: float) -> int:
     stop_by: list[float] = []
 
     def forward(signum, _frame):
+        STOPPING.append(signum)
         if not stop_by:
             stop_by.append(time.monotonic() + grace)
-        child.send_signal(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -138,29 +146,35 @@ def supervise(argv: list[str], grace: float) -> int:
     return code if code >= 0 else 128 - code
 
 
-def run_worker(args) -> int:
+def wait_for_head(args) -> bool:
     deadline, said = time.monotonic() + args.timeout, False
     while not port_open(args.head):
+        if STOPPING:
+            return False
         if not said:
             log(f"waiting for the head's Ray port {args.head}")
             said = True
         if time.monotonic() > deadline:
             log(f"gave up after {args.timeout} s: the head's Ray port {args.head} does not answer")
-            return 1
+            return False
         time.sleep(POLL_SECONDS)
-    log(f"joining the Ray cluster at {args.head} as {args.address}")
-    argv = [
-        *ray_command(),
-        "start",
-        "--address",
-        args.head,
-        "--node-ip-address",
-        args.address,
-        "--block",
-        "--disable-usage-stats",
-    ]
-    os.execv(argv[0], argv)
-    return 2  # not reached
+    return True
+
+
+def run_worker(args) -> int:
+    """Join the head's Ray, and join again when it goes (a head restarted: its raylet then exits
+    here), within the same start of the unit: the probe takes a restart of the unit for a crash."""
+    argv = [*ray_command(), "start", "--address", args.head, "--node-ip-address", args.address, "--block",
+            "--disable-usage-stats"]  # fmt: skip
+    while True:
+        if not wait_for_head(args):
+            return 0 if STOPPING else 1
+        log(f"joining the Ray cluster at {args.head} as {args.address}")
+        code = supervise(argv, 10)
+        if STOPPING:
+            return 0  # asked to stop: a clean stop, not a failed unit
+        log(f"left the Ray cluster (ray exited {code}); joining again once the head answers")
+        time.sleep(POLL_SECONDS)
 
 
 def parse(argv: list[str]):
@@ -182,9 +196,21 @@ def parse(argv: list[str]):
     return parser.parse_args(argv), serve
 
 
+def ray_too_old(version: str) -> bool:
+    try:
+        return tuple(int(p) for p in version.split(".")[:2]) < MIN_RAY
+    except ValueError:
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args, serve = parse(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray_too_old(ray.__version__):
+        log(f"Ray {ray.__version__} has no token authentication (needs {'.'.join(map(str, MIN_RAY))} or later)")
+        return 1
     return run_head(args, serve) if args.role == "head" else run_worker(args)
 
 
