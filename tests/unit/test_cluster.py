@@ -457,50 +457,52 @@ def test_a_ray_heads_start_record_reads_the_models_flags_behind_the_launcher():
     assert vllm_start_record.unit_flags(systemd.exec_line(worker)) is None
 
 
-def test_the_head_passes_a_stop_on_to_vllm_and_kills_it_after_the_grace():
-    import signal
+def launcher_process(then: str, *args: str, **popen):
+    """A Python process that loads the launcher as `l` (its own signal handlers, not pytest's)
+    and runs ``then``; ``args`` follow as sys.argv[2:]."""
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "roles/vllm_service/files" / cluster.RAY_LAUNCHER
-    run = (
+    load = (
         "import importlib.util, sys; spec = importlib.util.spec_from_file_location('l', sys.argv[1]);"
-        " l = importlib.util.module_from_spec(spec); spec.loader.exec_module(l);"
-        " sys.exit(l.supervise([sys.executable, '-c', sys.argv[2]], 1.0))"
+        " l = importlib.util.module_from_spec(spec); spec.loader.exec_module(l); "
     )
+    return subprocess.Popen([sys.executable, "-c", load + then, str(path), *args], **popen)
+
+
+def test_the_head_passes_a_stop_on_to_vllm_and_kills_it_after_the_grace():
+    import signal
+    import time
+
+    supervise = "sys.exit(l.supervise([sys.executable, '-c', sys.argv[2]], 1.0))"
     # A child that stops on SIGTERM exits with its own code; one that ignores it is killed.
     polite = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); time.sleep(60)"
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     for child, code in ((polite, 3), (stubborn, 128 + signal.SIGKILL)):
-        proc = subprocess.Popen([sys.executable, "-c", run, str(path), child])
+        proc = launcher_process(supervise, child)
         time.sleep(1.0)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == code
         assert time.monotonic() - started < 10
-    assert subprocess.run([sys.executable, "-c", run, str(path), "raise SystemExit(5)"], check=False).returncode == 5
+    assert launcher_process(supervise, "raise SystemExit(5)").wait(timeout=20) == 5
 
 
 def test_a_worker_joins_again_when_its_ray_exits_until_it_is_stopped():
     import signal
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "roles/vllm_service/files" / cluster.RAY_LAUNCHER
     # `ray start --block` stands in as a process that joins and then loses its head at once.
-    run = (
-        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('l', sys.argv[1]);"
-        " l = importlib.util.module_from_spec(spec); spec.loader.exec_module(l);"
-        " l.POLL_SECONDS = 0.2; l.port_open = lambda *a, **k: True;"
+    worker = (
+        "l.POLL_SECONDS = 0.2; l.port_open = lambda *a, **k: True;"
         " l.ray_command = lambda: [sys.executable, '-c', 'print(\"JOINED\", flush=True); raise SystemExit(1)'];"
         " args, _ = l.parse(['worker', '--head', '10.0.0.7:6379', '--address', '10.0.0.8']);"
         " sys.exit(l.run_worker(args))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", run, str(path)], stdout=subprocess.PIPE, text=True)
+    proc = launcher_process(worker, stdout=subprocess.PIPE, text=True)
     time.sleep(3)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
