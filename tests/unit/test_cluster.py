@@ -3,6 +3,8 @@ each member's flags, and preflight judging a cluster with every member's view of
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ansible_collections.vllm_fleet.fleet.plugins.filter.vllm_flags import (
     vllm_cluster_environment,
@@ -111,6 +113,8 @@ def test_each_member_gets_its_rank_the_heads_address_and_its_own():
 RAY = dict(BIG, cluster={"hosts": ["t4-node-07", "t4-node-08"], "executor": "ray"})
 RAY_HOSTVARS = {"t4-node-07": {"vllm_cluster_address": "10.0.0.7"}, "t4-node-08": {"vllm_cluster_address": "10.0.0.8"}}
 LAUNCHER = "/usr/local/lib/vllm-fleet/vllm_fleet_ray_launch.py"
+# The launcher as the role ships it (the tests load it from there).
+LAUNCHER_FILE = Path(__file__).resolve().parents[2] / "roles/vllm_service/files" / cluster.RAY_LAUNCHER
 
 
 def ray_model(**cluster_over):
@@ -375,10 +379,8 @@ def test_clusters_that_share_a_host_are_one_unit():
 
 def load_launcher():
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "roles/vllm_service/files" / cluster.RAY_LAUNCHER
-    spec = importlib.util.spec_from_file_location("ray_launch", path)
+    spec = importlib.util.spec_from_file_location("ray_launch", LAUNCHER_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -462,14 +464,12 @@ def launcher_process(then: str, *args: str, **popen):
     and runs ``then``; ``args`` follow as sys.argv[2:]."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "roles/vllm_service/files" / cluster.RAY_LAUNCHER
     load = (
         "import importlib.util, sys; spec = importlib.util.spec_from_file_location('l', sys.argv[1]);"
         " l = importlib.util.module_from_spec(spec); spec.loader.exec_module(l); "
     )
-    return subprocess.Popen([sys.executable, "-c", load + then, str(path), *args], **popen)
+    return subprocess.Popen([sys.executable, "-c", load + then, str(LAUNCHER_FILE), *args], **popen)
 
 
 def test_the_head_passes_a_stop_on_to_vllm_and_kills_it_after_the_grace():

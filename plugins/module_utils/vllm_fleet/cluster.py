@@ -100,6 +100,14 @@ def normalize_cluster(name: str, raw) -> dict | None:
     return out
 
 
+def _member_rank(model: dict, host: str) -> int:
+    """node_rank, for a host that must be a member."""
+    rank = node_rank(model, host)
+    if rank is None:
+        raise ClusterError(f"model {model['name']}: {host} is not one of cluster.hosts {model['cluster']['hosts']}")
+    return rank
+
+
 def node_rank(model: dict, host: str) -> int | None:
     """The host's place in the model's cluster (0: the head), None when it is not a member."""
     cluster = model.get("cluster")
@@ -120,9 +128,7 @@ def member_flags(model: dict, host: str) -> tuple[dict, dict]:
     if not cluster:
         return {}, {}
     addresses = cluster["addresses"]
-    rank = node_rank(model, host)
-    if rank is None:
-        raise ClusterError(f"model {model['name']}: {host} is not one of cluster.hosts {cluster['hosts']}")
+    rank = _member_rank(model, host)
     head = cluster["hosts"][0]
     if cluster.get("executor") == "ray":
         # Ray places the workers itself: the head's vLLM needs only the backend (and a worker runs
@@ -180,9 +186,7 @@ def launcher_argv(
     launcher kills it (the rest is systemd's, for Ray)."""
     if not runs_ray(model):
         return []
-    cluster, rank = model["cluster"], node_rank(model, host)
-    if rank is None:
-        raise ClusterError(f"model {model['name']}: {host} is not one of cluster.hosts {cluster['hosts']}")
+    cluster, rank = model["cluster"], _member_rank(model, host)
     addresses, port = cluster["addresses"], cluster["ray_port"]
     wait = ["--address", addresses[host], "--timeout", str(int(timeout or DEFAULT_RAY_FORM_TIMEOUT))]
     if rank:

@@ -389,9 +389,7 @@ def check_host(
         plan["verdict"] = "refused" if plan["errors"] else "ok"
         if cluster_model:
             hosts = cluster_model["cluster"]["hosts"]
-            members = cluster_views.get(cluster_model["name"]) or {}
-            addresses = {m: v["address"] for m, v in members.items() if isinstance(v, dict) and v.get("address")}
-            stages = cluster.stage_hosts(cluster_model, addresses)
+            stages = _stage_hosts(cluster_model, cluster_views.get(cluster_model["name"]) or {})
             # node_rank: the host's place in the pipeline (with Ray, vLLM's order, not cluster.hosts').
             plan["cluster"] = {
                 "hosts": hosts,
@@ -451,13 +449,18 @@ def _cluster_model(item: dict) -> dict | None:
     return model if model["cluster"] else None
 
 
+def _stage_hosts(model: dict, members: dict) -> list[str]:
+    """cluster.stage_hosts with the members' addresses from their views (the item has none yet)."""
+    addresses = {m: v["address"] for m, v in members.items() if isinstance(v, dict) and v.get("address")}
+    return cluster.stage_hosts(model, addresses)
+
+
 def _cluster_gpus(model: dict, host: str, own_gpus: list[dict], members: dict) -> tuple[list[dict], list[str]]:
     """The GPUs a cluster gives its model, in vLLM's rank order (the stages' hosts in order:
     cluster.stage_hosts), and their names as host:index. A member whose GPUs the play has not
     found (not in the play: refused by cluster-in-play) is planned as if it had this host's."""
     given, names = [], []
-    addresses = {m: v["address"] for m, v in members.items() if isinstance(v, dict) and v.get("address")}
-    for member in cluster.stage_hosts(model, addresses):
+    for member in _stage_hosts(model, members):
         found = own_gpus if member == host else (members.get(member) or {}).get("gpus")
         try:
             theirs = [resolve(g) for g in found] if found is not None and member != host else own_gpus
