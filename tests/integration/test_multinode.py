@@ -412,10 +412,12 @@ def test_the_ray_head_waits_for_a_missing_worker_without_starting_vllm(cluster, 
     testhosts.ssh(worker, "systemctl stop vllm-tiny-pp; systemctl reset-failed vllm-tiny-pp || true")
     since = time.time() - 1
     # KillMode=mixed: the head's Ray stops with its unit at once, not after TimeoutStopSec (60 s),
-    # the SIGTERM-to-all that leaves Ray's gcs_server running.
-    testhosts.ssh(head, "systemctl reset-failed vllm-tiny-pp || true; systemctl restart vllm-tiny-pp", timeout=50)
+    # the SIGTERM-to-all that leaves Ray's gcs_server running. Whatever the head was doing (forming,
+    # or vLLM starting and failing on the CPU platform in a loop): before vLLM serves, a stop does not
+    # wait for the stop grace (30 s) either (measured: 31 s mid-start before, 4 s now).
+    testhosts.ssh(head, "systemctl reset-failed vllm-tiny-pp || true; systemctl restart vllm-tiny-pp", timeout=120)
     took = time.time() - since
-    assert took < 45, f"the head's unit took {took:.0f} s to restart"
+    assert took < 20, f"the head's unit took {took:.0f} s to restart"
     print(f"\n[multinode] ray: the head's unit restarted in {took:.1f} s")
     waiting = f"1 of 2 members joined; waiting for {worker.cluster_address}"
     wait_for_journal(head, since, waiting, timeout=180)

@@ -490,6 +490,45 @@ def test_the_head_passes_a_stop_on_to_vllm_and_kills_it_after_the_grace():
     assert launcher_process(supervise, "raise SystemExit(5)").wait(timeout=20) == 5
 
 
+def test_a_vllm_still_starting_gets_the_short_grace_and_a_stop_before_vllm_is_clean():
+    import signal
+    import subprocess
+    import time
+
+    # vLLM that ignores SIGTERM (its engine waiting for Ray) and does not serve yet: the head's stop
+    # grace (here 30 s) is for requests in flight, and it has none.
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    starting = "sys.exit(l.supervise([sys.executable, '-c', sys.argv[2]], 30.0, serving=lambda: False))"
+    serving = "sys.exit(l.supervise([sys.executable, '-c', sys.argv[2]], 6.0, serving=lambda: True))"
+    for then, least, most in ((starting, 0, 10), (serving, 6, 15)):
+        proc = launcher_process(then, stubborn)
+        time.sleep(2.0)  # the launcher asked serving() once
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 128 + signal.SIGKILL
+        assert least <= time.monotonic() - started < most, (then, time.monotonic() - started)
+    # Before vLLM runs (Ray starting, the members forming), a stop exits at once and cleanly.
+    proc = launcher_process("l.stop_before_vllm(); l.time.sleep(60)", stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "asked to stop before vLLM started" in out, out
+
+
+def test_the_head_asks_vllms_own_address_whether_it_serves():
+    launch = load_launcher()
+    assert launch.health_url(["vllm", "serve", "/m", "--host", "0.0.0.0", "--port", "8000"]) == (
+        "http://127.0.0.1:8000/health"
+    )
+    assert launch.health_url(["vllm", "serve", "/m", "--host=10.0.0.7", "--port=9001"]) == "http://10.0.0.7:9001/health"
+    assert launch.health_url(["vllm", "serve", "/m", "--host", "fd00::7"]) == "http://[fd00::7]:8000/health"
+    assert launch.health_url(["vllm", "serve", "/m"]) == "http://127.0.0.1:8000/health"
+    assert launch.health_url(["vllm", "serve", "/m", "--uds", "/run/v.sock"]) is None
+    # Nothing listens there: not serving. No URL to ask: the full grace.
+    assert launch.answers("http://127.0.0.1:9/health", timeout=1) is False
+    assert launch.answers(None) is True
+
+
 def test_a_worker_joins_again_when_its_ray_exits_until_it_is_stopped():
     import signal
     import subprocess

@@ -25,6 +25,10 @@ import sys
 import time
 
 POLL_SECONDS = 2.0
+# The stop grace of a vLLM that does not answer /health yet: it has no requests to finish, and while
+# its engine waits for Ray it may not answer SIGTERM at all (seen on the test hosts), so the whole
+# grace would only delay every stop and restart during a start.
+STARTING_GRACE = 3.0
 # Ray's token authentication (RAY_AUTH_MODE=token, which the unit sets) exists from this release:
 # an older Ray ignores it and would leave its control plane open.
 MIN_RAY = (2, 52)
@@ -34,6 +38,54 @@ STOPPING: list[int] = []
 
 def log(message: str) -> None:
     print(f"vllm-fleet ray: {message}", flush=True)
+
+
+def stop_now(_signum, _frame) -> None:
+    """A stop before vLLM runs: nothing to finish. Exit at once and cleanly; the unit's KillMode=mixed
+    then kills Ray's daemons. Not Ray's own handler (ray.init installs one that raises SystemExit and
+    then disconnects from the GCS at exit), whose exit status fails the unit and whose wait is unbounded."""
+    log("asked to stop before vLLM started")
+    os._exit(0)
+
+
+def stop_before_vllm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, stop_now)
+    signal.signal(signal.SIGINT, stop_now)
+
+
+def health_url(serve_argv: list[str]) -> str | None:
+    """Where vLLM's /health answers once it serves, from its own --host/--port (vLLM's defaults:
+    every address, 8000); None when it listens on a Unix socket."""
+    host, port = "", "8000"
+    for i, arg in enumerate(serve_argv):
+        flag, sep, value = arg.partition("=")
+        if not sep and i + 1 < len(serve_argv):
+            value = serve_argv[i + 1]
+        if flag == "--host":
+            host = value
+        elif flag == "--port":
+            port = value
+        elif flag == "--uds":
+            return None
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/health" if ":" in host else f"http://{host}:{port}/health"
+
+
+def answers(url: str | None, timeout: float = 2.0) -> bool:
+    """Whether vLLM serves (its /health says 200); True when there is no URL to ask, so that the
+    full grace applies."""
+    if url is None:
+        return True
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except Exception:  # refused, reset, timed out, an HTTP error: not serving
+        return False
 
 
 def ray_command() -> list[str]:
@@ -91,6 +143,7 @@ def run_head(args, serve_argv: list[str]) -> int:
     members = [m for m in args.members.split(",") if m]
     # As the head's own node: left to itself Ray picks the address of the default route.
     ray.init(address=gcs, _node_ip_address=args.address, logging_level="ERROR", log_to_driver=False)
+    stop_before_vllm()  # again: ray.init put its own handler in place
     deadline, said = time.monotonic() + args.timeout, None
     while True:
         alive = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
@@ -111,37 +164,46 @@ def run_head(args, serve_argv: list[str]) -> int:
         log("no vllm serve command after --")
         return 2
     os.environ["RAY_ADDRESS"] = gcs
-    return supervise(serve_argv, args.stop_grace)
+    url = health_url(serve_argv)
+    return supervise(serve_argv, args.stop_grace, serving=lambda: answers(url))
 
 
-def supervise(argv: list[str], grace: float) -> int:
+def supervise(argv: list[str], grace: float, serving=None) -> int:
     """Run vLLM as this process's child and exit with it. A stop (SIGTERM, SIGINT) is passed on to
     vLLM, which gets ``grace`` seconds to finish before it is killed: the unit's KillMode=mixed
     signals only this process, then kills what is left (Ray's daemons) once it exits. Not exec:
     vLLM still starting its engine may not answer SIGTERM at all (seen on the test hosts while its
-    engine waited for Ray), and the stop would then last the unit's whole TimeoutStopSec."""
+    engine waited for Ray), and the stop would then last the unit's whole TimeoutStopSec.
+    ``serving()`` is asked until it first says yes; a vLLM stopped before that gets STARTING_GRACE
+    (asked before the stop: a vLLM told to stop no longer answers /health)."""
     import signal
     import subprocess
 
     child = subprocess.Popen(argv)
     stop_by: list[float] = []
+    served = [serving is None]
 
     def forward(signum, _frame):
         STOPPING.append(signum)
         if not stop_by:
-            stop_by.append(time.monotonic() + grace)
+            given = grace if served[0] else min(grace, STARTING_GRACE)
+            if given < grace:
+                log(f"vLLM does not serve yet: it gets {given:g} s to stop")
+            stop_by.append(time.monotonic() + given)
         if child.poll() is None:
             child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while True:
+        if not served[0] and not stop_by and serving():
+            served[0] = True
         try:
             code = child.wait(timeout=1)
             break
         except subprocess.TimeoutExpired:
             if stop_by and time.monotonic() > stop_by[0]:
-                log(f"vLLM did not stop within {grace:g} s of the signal: killing it")
+                log("vLLM did not stop within its grace after the signal: killing it")
                 child.kill()
     return code if code >= 0 else 128 - code
 
@@ -205,6 +267,7 @@ def ray_too_old(version: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args, serve = parse(sys.argv[1:] if argv is None else argv)
+    stop_before_vllm()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
