@@ -219,6 +219,16 @@ def vllm_lock_versions(path):
     return {"digest": runtime_lock.digest(text), "packages": runtime_lock.versions(text)}
 
 
+def vllm_plan_runtime_lines(path, package, last_good=None):
+    """plan.yml's runtime lines: the lock at ``path`` and what it changes against the locks the host's
+    models last passed their probe with (``last_good``: the vllm_last_good module's read result)."""
+    last_good = last_good or {}
+    lines = rollout.plan_lock_lines(vllm_lock_versions(path), str(package), last_good.get("records") or {})
+    if last_good.get("failed"):
+        lines.append(f"runtime: the host's good states could not be read: {last_good.get('msg', 'no reason given')}")
+    return lines
+
+
 def vllm_lock_subset(path, names):
     """The lock's pins of ``names`` as a requirements file's text (with their hashes)."""
     try:
@@ -234,6 +244,7 @@ class FilterModule:
             "vllm_lock_refusal": vllm_lock_refusal,
             "vllm_lock_subset": vllm_lock_subset,
             "vllm_lock_versions": vllm_lock_versions,
+            "vllm_plan_runtime_lines": vllm_plan_runtime_lines,
             "vllm_models_normalized": vllm_models_normalized,
             "vllm_models_with_plan": vllm_models_with_plan,
             "vllm_model_revisions": vllm_model_revisions,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import yaml
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cli
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import cli, layout, runtime_lock
 
 from tests.integration import ansible_run
 
@@ -26,6 +26,12 @@ def test_plan_with_detection_off_contacts_no_host_and_prints_every_model(tmp_pat
     recap = result.recap()
     assert set(recap) == set(hosts)
     assert all(c["unreachable"] == 0 and c["failed"] == 0 and c["changed"] == 0 for c in recap.values()), recap
+    # The runtime's lock (issue 19): CUDA T4 hosts get the collection's lock for the pinned vLLM.
+    lock = layout.shipped_lock("vllm", layout.VLLM_VERSION, layout.HOST_PYTHON_VERSION, "x86_64")
+    text = layout.read_lock(lock)
+    count = len(runtime_lock.parse(text))
+    line = f"runtime: lock {runtime_lock.digest(text)}, {count} packages (vllm {layout.VLLM_VERSION}"
+    assert result.output.count(line) == len(hosts), result.output[-3000:]
     for host in hosts.values():
         for model in host["vllm_models"]:
             assert model["name"] in result.output

