@@ -82,6 +82,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import runtime_lock
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.weights import sha256_file
 
 
 def write_lock(module: AnsibleModule, path: str, content: str) -> bool:
@@ -123,7 +124,7 @@ def main() -> None:
     wheelhouse = module.params["wheelhouse"]
     if wheelhouse and os.path.isdir(wheelhouse):
         files = {
-            entry.name: runtime_lock.sha256_file(entry.path)
+            entry.name: sha256_file(entry.path)
             for entry in os.scandir(wheelhouse)
             if entry.is_file() and not entry.name.startswith(".")
         }

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.vllm_fleet.fleet.plugins.filter import vllm_fleet as filters
-from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout, runtime_lock
+from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import layout, runtime_lock, weights
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -60,7 +60,7 @@ def test_the_installers_own_pin_comes_out_of_the_lock_with_its_hashes():
 def wheelhouse(tmp_path, files: dict[str, bytes]) -> dict[str, str]:
     for name, body in files.items():
         (tmp_path / name).write_bytes(body)
-    return {p.name: runtime_lock.sha256_file(str(p)) for p in tmp_path.iterdir()}
+    return {p.name: weights.sha256_file(p) for p in tmp_path.iterdir()}
 
 
 def test_a_wheelhouse_must_be_exactly_the_locks_wheels(tmp_path):
