@@ -249,22 +249,86 @@ def _nspawn_pids(*names: str) -> list[int]:
     return pids
 
 
-def _supervisor_script(name: str, root: Path) -> str:
+# ---------------------------------------------------------------- cgroups
+#
+# nspawn --keep-unit (this machine's PID 1 is not systemd) splits the cgroup it starts in into
+# `supervisor` and `payload`, and boots the host in `payload`. Started from one cgroup, every host's
+# systemd then managed the same tree: vf1's and vf2's `vllm-tiny.service` were one cgroup, a stop on
+# one host waited for the other host's processes (TimeoutStopSec, "Processes still around after final
+# SIGKILL"), killing it failed ("Failed to kill control group ...: Input/output error"), and two
+# boots at once raced. Each host's supervisor therefore moves itself into a cgroup of its own first.
+
+
+def _cgroup_hierarchies() -> list[Path]:
+    """This process's own cgroup in each hierarchy systemd tracks a unit's processes in: the cgroup2
+    one, and on a hybrid setup also the name=systemd one (v1)."""
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        if number == "0":
+            own["cgroup2"] = path
+        elif controllers == "name=systemd":
+            own["name=systemd"] = path
+    found: dict[str, Path] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _sep, fs = line.partition(" - ")
+        mount_root, point = fields.split()[3:5]
+        fstype, _source, options = [*fs.split(), "", ""][:3]
+        key = "cgroup2" if fstype == "cgroup2" else "name=systemd" if "name=systemd" in options.split(",") else None
+        if key in own and key not in found and own[key].startswith(mount_root):
+            found[key] = Path(point) / own[key][len(mount_root) :].lstrip("/")
+    return list(found.values())
+
+
+def host_cgroups(name: str) -> list[Path]:
+    return [hierarchy / f"vllm-fleet-{name}" for hierarchy in _cgroup_hierarchies()]
+
+
+def _make_host_cgroups(name: str) -> list[Path]:
+    made = []
+    for cgroup in host_cgroups(name):
+        try:
+            cgroup.mkdir(exist_ok=True)
+        except OSError as err:  # a read-only cgroupfs: the hosts share one tree, as they did before
+            print(f"{name}: no cgroup of its own at {cgroup} ({err}); its units may wait on other hosts' stops")
+            continue
+        made.append(cgroup)
+    return made
+
+
+def _remove_host_cgroups(name: str, timeout: float = 15) -> None:
+    """Once the host is gone: its cgroups, deepest first (what its systemd left, nspawn's two).
+    A cgroup whose last processes are still exiting (the kernel kills a container's processes when
+    its PID 1 ends; a vLLM takes a moment) cannot be removed yet: tried again until the timeout."""
+    deadline = time.monotonic() + timeout
+    for cgroup in host_cgroups(name):
+        while cgroup.is_dir():
+            for path, _dirs, _files in sorted(os.walk(cgroup), key=lambda walked: -len(walked[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+            if not cgroup.is_dir() or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+
+
+def _supervisor_script(name: str, root: Path, cgroups: list[Path] = ()) -> str:
     # An in-container `systemctl reboot` makes nspawn exit 133: boot it again.
     nspawn = (
         f"systemd-nspawn --quiet -D {root} -b --machine={name} --register=no --keep-unit "
         f"--network-namespace-path=/run/netns/{name} --resolv-conf=off --timezone=off --link-journal=no"
     )
-    return f"while :; do {nspawn}; rc=$?; [ $rc -eq 133 ] || exit $rc; done"
+    join = "".join(f"{{ echo $$ > {c}/cgroup.procs || echo 'not moved to {c}'; }}; " for c in cgroups)
+    return f"{join}while :; do {nspawn}; rc=$?; [ $rc -eq 133 ] || exit $rc; done"
 
 
 def _start(name: str, root: Path) -> subprocess.Popen:
+    script = _supervisor_script(name, root, _make_host_cgroups(name))
     log = open(host_dir(name) / "console.log", "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         return subprocess.Popen(
             # "--machine=NAME" as an argument of its own makes the supervisor
             # findable by _nspawn_pids before nspawn itself has started.
-            ["bash", "-c", _supervisor_script(name, root), "vllm-fleet-host", f"--machine={name}"],
+            ["bash", "-c", script, "vllm-fleet-host", f"--machine={name}"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -434,9 +498,10 @@ def _create(count: int, inventory: Path | None, log, first: int, seed_layer: Pat
         )
         state[name] = host
         _save_state(state)
-        # One boot at a time: two systemds setting up their cgroups at once on this machine's
-        # hybrid hierarchy were seen to lose the race ("Failed to attach to cgroup ... No such
-        # file or directory"), leaving a unit failed and the host degraded. A boot takes ~1.5 s.
+        # One boot at a time: two systemds setting up their cgroups at once were seen to lose the
+        # race ("Failed to attach to cgroup ... No such file or directory"), leaving a unit failed
+        # and the host degraded. That was when all hosts shared one cgroup tree (see "cgroups");
+        # kept, as a boot takes ~1.5 s.
         verdict = _wait_ready(host, supervisor)
         log(f"{host.name}: {host.address} up in {time.monotonic() - t0:.1f} s, systemd says {verdict}")
     hosts = [state[host_name(i)] for i in indices]
@@ -465,6 +530,7 @@ def _destroy(names: list[str] | None, inventory: Path | None, log) -> None:
         if cluster_net:
             _run(["ip", "-n", CLUSTER_NETNS, "link", "del", f"{name}-n"], check=False)
         _teardown_network(name)
+        _remove_host_cgroups(name)
         shutil.rmtree(host_dir(name), ignore_errors=True)
         state.pop(name, None)
         log(f"{name}: destroyed")
@@ -514,6 +580,12 @@ def _leftover_names() -> set[str]:
     """Names of anything a host leaves on this machine, with or without a state file."""
     names = {d.name for d in (STATE_DIR / "hosts").glob(f"{PREFIX}*") if d.is_dir()}
     names |= {n for n in _run(["ip", "netns", "list"]).stdout.split() if _is_host_name(n)}
+    names |= {
+        cgroup.name.removeprefix("vllm-fleet-")
+        for hierarchy in _cgroup_hierarchies()
+        for cgroup in hierarchy.glob(f"vllm-fleet-{PREFIX}*")
+        if _is_host_name(cgroup.name.removeprefix("vllm-fleet-"))
+    }
     return names
 
 
@@ -530,6 +602,7 @@ def leftovers() -> list[str]:
         found.extend(f"{name}: mount {point}" for point in _mounts_of(name))
         if host_dir(name).exists():
             found.append(f"{name}: directory {host_dir(name)}")
+        found.extend(f"{name}: cgroup {cgroup}" for cgroup in host_cgroups(name) if cgroup.exists())
     found.extend(f"seed layer {path}" for path in seeds.existing(STATE_DIR))
     found.extend(
         f"network namespace {n}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 
 import pytest
 
@@ -30,6 +31,38 @@ def test_each_host_has_its_own_address_and_name(test_hosts):
     for host in test_hosts:
         addresses = testhosts.ssh(host, "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
         assert f" {host.address}/24 " in addresses
+
+
+def test_a_unit_of_one_name_on_two_hosts_is_two_units(test_hosts):
+    """Each host is booted in a cgroup of its own: with one tree for all, a unit's stop waited for the
+    processes of the other host's unit of the same name until TimeoutStopSec (the Ray head's restart
+    took 65 s in CI), and systemd could not kill the unit's cgroup."""
+    first, second = test_hosts[:2]
+    unit = "vllm-fleet-twin"
+    # A main process that leaves a daemon behind (as `ray start` does): stopped through the cgroup.
+    command = (
+        f"systemd-run --unit={unit} -p KillMode=mixed -p TimeoutStopSec=30 sh -c '(setsid sleep 600 &); sleep 600'"
+    )
+    for host in (first, second):
+        testhosts.ssh(host, f"systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null; {command}")
+    try:
+        for host in (first, second):
+            cgroup = testhosts.ssh(host, f"systemctl show -p ControlGroup --value {unit}").stdout.strip()
+            assert cgroup.endswith(f"/{unit}.service"), (host.name, cgroup)
+        assert {str(p) for p in testhosts.host_cgroups(first.name)}.isdisjoint(
+            str(p) for p in testhosts.host_cgroups(second.name)
+        )
+        started = time.monotonic()
+        testhosts.ssh(first, f"systemctl stop {unit}")
+        took = time.monotonic() - started
+        journal = testhosts.ssh(first, f"journalctl -u {unit} --no-pager -o cat").stdout
+        assert took < 10, f"the stop took {took:.0f} s:\n{journal}"
+        assert "Failed to kill control group" not in journal and "still around" not in journal, journal
+        assert testhosts.ssh(first, "pgrep -c -x sleep", check=False).stdout.strip() == "0"
+        assert testhosts.ssh(second, f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
+        assert testhosts.ssh(second, "pgrep -c -x sleep").stdout.strip() == "2"
+    finally:
+        testhosts.ssh(second, f"systemctl stop {unit}", check=False)
 
 
 def test_ansible_ping_over_the_local_inventory(test_hosts):

@@ -507,6 +507,15 @@ def test_a_vllm_still_starting_gets_the_short_grace_and_a_stop_before_vllm_is_cl
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 128 + signal.SIGKILL
         assert least <= time.monotonic() - started < most, (then, time.monotonic() - started)
+    # The head's unit: a stop asked for ends it cleanly, whatever vLLM's status (a unit stopped while
+    # vLLM started was `failed` with 137); vLLM that fails on its own fails it.
+    serve = "sys.exit(l.serve([sys.executable, '-c', sys.argv[2]], 30.0))"
+    proc = launcher_process(serve, stubborn, stdout=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and f"stopped (vLLM exited {128 + signal.SIGKILL})" in out, out
+    assert launcher_process(serve, "raise SystemExit(1)").wait(timeout=20) == 1
     # Before vLLM runs (Ray starting, the members forming), a stop exits at once and cleanly.
     proc = launcher_process("l.stop_before_vllm(); l.time.sleep(60)", stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)

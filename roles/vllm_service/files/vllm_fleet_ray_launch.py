@@ -164,8 +164,19 @@ def run_head(args, serve_argv: list[str]) -> int:
         log("no vllm serve command after --")
         return 2
     os.environ["RAY_ADDRESS"] = gcs
+    return serve(serve_argv, args.stop_grace)
+
+
+def serve(serve_argv: list[str], grace: float) -> int:
+    """vLLM as the head's child (supervise), with its exit status; a stop that was asked for is a
+    clean exit whatever vLLM's own status (as systemd counts a main process its SIGTERM stopped):
+    a vLLM killed after its grace, or one stopped while it started, does not fail the unit."""
     url = health_url(serve_argv)
-    return supervise(serve_argv, args.stop_grace, serving=lambda: answers(url))
+    code = supervise(serve_argv, grace, serving=lambda: answers(url))
+    if STOPPING:
+        log(f"stopped (vLLM exited {code})")
+        return 0
+    return code
 
 
 def supervise(argv: list[str], grace: float, serving=None) -> int:
