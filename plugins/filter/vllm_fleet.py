@@ -6,6 +6,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet import (
     cluster,
     converged,
+    engine_report,
     inventory,
     layout,
     monitoring,
@@ -89,6 +90,12 @@ def vllm_wheelhouse_name(requirements, package, version, python_version, arch):
 def vllm_is_loopback(address):
     """Whether a bind address is reachable only from the host itself (rules.is_loopback)."""
     return rules.is_loopback(str(address))
+
+
+def vllm_probe_failure(failed, journal=""):
+    """Why a model failed its probe, in one line, from the failed task's result and the unit's
+    journal (engine_report.probe_failure)."""
+    return engine_report.probe_failure(dict(failed or {}), str(journal or ""))
 
 
 def vllm_redact(text, secrets):
@@ -254,6 +261,7 @@ class FilterModule:
             "systemd_environment": systemd_environment,
             "systemd_environment_file_line": systemd_environment_file_line,
             "vllm_redact": vllm_redact,
+            "vllm_probe_failure": vllm_probe_failure,
             "vllm_is_loopback": vllm_is_loopback,
             "vllm_runtime_spec": vllm_runtime_spec,
             "vllm_wheelhouse_name": vllm_wheelhouse_name,

@@ -14,6 +14,8 @@ description:
     C(snapshot_download), which checks each file's sha256 and resumes interrupted downloads.
   - A manifest in I(local_dir) records what was verified, so a re-run downloads nothing and, when
     every file is as recorded, does not contact the hub at all (re-runs and rollbacks work offline).
+  - One download into a directory at a time; an earlier one still running there (left by a run that
+    lost the host) is stopped first, and said (RV(stopped_earlier_download)).
   - Run it with the Python of the environment that has the SDK, by setting the task variable
     C(ansible_python_interpreter) to that environment's C(bin/python).
 options:
@@ -115,9 +117,18 @@ local_dir:
   type: str
   returned: always
   sample: /srv/models/qwen/Qwen2.5-7B-Instruct/master
+stopped_earlier_download:
+  description:
+    - The pid of an earlier download into the same directory that was still running and was stopped
+      first (a run that lost this host mid-download leaves its module running, and the SDK's file locks
+      would hold this download back for up to 600 s); with a warning.
+  type: int
+  returned: when one was stopped
+  sample: 4242
 """
 
 import fnmatch
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -132,6 +143,7 @@ from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.weight
     plan_download,
     read_manifest,
     space_problem,
+    take_over_download,
     write_manifest,
 )
 
@@ -217,6 +229,11 @@ def run(module: AnsibleModule) -> dict:
         from modelscope import snapshot_download
 
         local_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = download_pid_file(params, local_dir)
+        stopped = take_over_download(pid_file)
+        if stopped:
+            result["stopped_earlier_download"] = stopped
+            module.warn(f"stopped an earlier download into {local_dir} (pid {stopped}), left by a lost run")
         try:
             snapshot_download(
                 params["model"],
@@ -229,9 +246,18 @@ def run(module: AnsibleModule) -> dict:
         except Exception as exc:
             failure = f"download of {params['model']}@{params['revision']} failed: {exc}"
             module.fail_json(msg=failure, **result)
+        finally:
+            pid_file.unlink(missing_ok=True)
     _set_modes(local_dir, remote, int(params["file_mode"], 8))
     write_manifest(local_dir, params["model"], params["revision"], remote)
     return result
+
+
+def download_pid_file(params: dict, local_dir: Path) -> Path:
+    """Where the process downloading into local_dir says so: beside the SDK's own lock files (the
+    cache directory), not in the revision directory that vLLM reads."""
+    digest = hashlib.sha256(str(local_dir).encode()).hexdigest()[:16]
+    return Path(params["cache_dir"] or local_dir.parent) / "vllm-fleet-downloads" / f"{digest}.pid"
 
 
 def main() -> None:

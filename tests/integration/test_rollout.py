@@ -658,6 +658,10 @@ def test_a_lock_bump_goes_through_the_canary_and_a_bad_one_is_rolled_back(fleet,
     assert "No module named 'prometheus_fastapi_instrumentator'" in result.output, result.output[-5000:]
     rows = rows_by_host(result)
     assert rows[canary.name]["result"] == "rolled back", rows
+    # The summary's reason: the wait's own words and vLLM's cause, not "non-zero return code {json}".
+    reason = rows[canary.name]["changes"][1]
+    assert "failed its probe: vllm-tiny.service" in reason and "while starting" in reason, rows
+    assert "No module named 'prometheus_fastapi_instrumentator'" in reason and "non-zero" not in reason, rows
     assert result.summary["not_reached"] == [h.name for h in others]
     # Back on the environment of its last good state, answering; the others as they were.
     assert unit_args_env(canary) == canary_env

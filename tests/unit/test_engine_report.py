@@ -234,3 +234,48 @@ def test_format_comparison_is_an_aligned_table():
     assert lines[0].split() == ["metric", "plan", "vLLM", "error"]
     assert lines[3].split() == ["KV", "cache", "tokens", "110,592", "112,848", "-2.0%"]
     assert len({len(line) for line in lines}) == 1
+
+
+# --- why a probe failed, one line for the rollout summary (engine_report.probe_failure) --------------
+
+# A unit that dies at start: the host's wait for /health says so in JSON (wait_healthy.py), Ansible
+# calls it "non-zero return code"; the journal's traceback ends with the cause (as in test_rollout's
+# lock that drops a package vLLM imports at start).
+DIES_AT_START = """\
+Dec 05 08:40:02 vf1 vllm[812]: (APIServer pid=812) INFO [api_utils.py:286] non-default args: {'model': '/m'}
+Dec 05 08:40:09 vf1 vllm[812]:   File "/opt/e/site-packages/vllm/entrypoints/openai/api_server.py", line 40
+Dec 05 08:40:09 vf1 vllm[812]: ModuleNotFoundError: No module named 'prometheus_fastapi_instrumentator'
+Dec 05 08:40:09 vf1 systemd[1]: vllm-tiny.service: Main process exited, code=exited, status=1/FAILURE
+"""
+WAIT_FAILED = {
+    "msg": "non-zero return code",
+    "rc": 3,
+    "stdout": '{"healthy": false, "reason": "vllm-tiny.service failed while starting (NRestarts=0)"}\r\n',
+}
+
+
+def test_a_unit_that_dies_at_start_is_said_in_the_waits_words_with_vllms_cause():
+    from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import probe_failure
+
+    assert probe_failure(WAIT_FAILED, DIES_AT_START) == (
+        "vllm-tiny.service failed while starting (NRestarts=0): "
+        "ModuleNotFoundError: No module named 'prometheus_fastapi_instrumentator'"
+    )
+    # Restarting again: the last start logged nothing yet, the one before it the cause.
+    restarting = DIES_AT_START + DIES_AT_START.splitlines()[0] + "\n"
+    assert probe_failure(WAIT_FAILED, restarting).endswith("No module named 'prometheus_fastapi_instrumentator'")
+    # Without a journal: the wait's reason alone, never the raw JSON.
+    assert probe_failure(WAIT_FAILED) == "vllm-tiny.service failed while starting (NRestarts=0)"
+
+
+def test_a_refusal_is_said_with_its_fix_and_the_probes_own_problems_come_first():
+    from ansible_collections.vllm_fleet.fleet.plugins.module_utils.vllm_fleet.engine_report import probe_failure
+
+    refused = probe_failure(WAIT_FAILED, CPU_REFUSED)
+    assert refused.startswith("vllm-tiny.service failed while starting (NRestarts=0): vLLM refused to start: ")
+    assert "set max-model-len to at most" in refused
+    problems = {"msg": "tiny at http://h:8000 failed", "problems": ["chat: empty answer", "completions: HTTP 500"]}
+    assert probe_failure(problems, DIES_AT_START) == "chat: empty answer; completions: HTTP 500"
+    # Neither JSON nor journal: Ansible's message and what the task printed, as before.
+    assert probe_failure({"msg": "non-zero return code", "stdout": "Traceback"}) == "non-zero return code Traceback"
+    assert probe_failure({"msg": "timed out"}, "") == "timed out"

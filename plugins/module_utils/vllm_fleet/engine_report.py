@@ -22,6 +22,7 @@ vLLM's own "(EngineCore pid=1) INFO ... [file.py:1] " prefix both pass through.
 
 from __future__ import annotations
 
+import json
 import re
 
 # A unit that restarted has several starts in its journal; only the last one describes the
@@ -134,6 +135,33 @@ def refusal_problem(report: dict) -> str | None:
             "or a higher gpu-memory-utilization"
         )
     return None
+
+
+def probe_failure(failed: dict, journal: str = "") -> str:
+    """Why a probe failed, in one line (the rollout summary's reason): the probe's problems when it
+    gave them; else the host's wait for /health in its own words (its JSON line, not Ansible's
+    "non-zero return code"), with the cause vLLM logged at its last start (a refusal with its fix, or
+    the first exception: a unit that dies at start says why, e.g. a module its environment lacks)."""
+    problems = [str(p) for p in failed.get("problems") or []]
+    if problems:
+        return "; ".join(problems)
+    said = ""
+    stdout = str(failed.get("stdout") or "").strip()
+    try:
+        said = str(json.loads(stdout).get("reason") or "") if stdout.startswith("{") else ""
+    except (ValueError, AttributeError):
+        said = ""
+    message = said or " ".join(part for part in (str(failed.get("msg") or ""), stdout) if part)
+    report = parse_engine_report(journal)
+    if "error" not in report:  # the last start logged none yet (restarting): an earlier start's
+        found = (_ERROR.search(line) for line in journal.splitlines())
+        first = next((match for match in found if match), None)
+        if first:
+            report["error"] = f"{first.group(1)}: {first.group(2).strip()}"
+    cause = refusal_problem(report) or report.get("error")
+    if cause and cause not in message:
+        return f"{message}: {cause}" if message else cause
+    return message
 
 
 # metric, the plan's key, the report's keys (the first present wins).

@@ -124,3 +124,48 @@ def space_problem(bytes_needed: int, free_bytes: int, reserve_bytes: int) -> str
         f"{reserve_bytes / gib:.2f} GiB must stay free, but only {free_bytes / gib:.2f} GiB is free: "
         "free space, point model_weights_root at a larger disk, or lower model_weights_reserve_gib"
     )
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the pid, it
+    names one process, not a later one that was given the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _is_downloader(pid: int, marker: str) -> bool:
+    try:
+        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def take_over_download(pid_file: Path, marker: str = "modelscope_download", wait_s: float = 10.0) -> int | None:
+    """One download into a revision directory at a time: pid_file names the module process that
+    downloads there (pid and start time). An earlier one still running is a run that lost this host
+    (Ansible gave up on it, its process went on, and the SDK's file locks would hold this download
+    back up to 600 s, or for ever behind a stuck one): it is stopped (TERM, then KILL after wait_s)
+    and its pid returned. Then this process's own pid is written. None when there was nothing to stop."""
+    import signal
+    import time
+
+    stopped = None
+    try:
+        pid_text, start = pid_file.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        pid, start = None, None
+    if pid and pid != os.getpid() and _process_start(pid) == start and _is_downloader(pid, marker):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while _process_start(pid) == start and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _process_start(pid) == start:
+            os.kill(pid, signal.SIGKILL)
+        stopped = pid
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
+    return stopped
