@@ -229,8 +229,9 @@ def run(module: AnsibleModule) -> dict:
         from modelscope import snapshot_download
 
         local_dir.mkdir(parents=True, exist_ok=True)
-        pid_file = download_pid_file(params, local_dir)
-        stopped = take_over_download(pid_file)
+        # Held until this process ends (the lock goes with it); the file stays: unlinking a lock file
+        # races with a process about to lock it.
+        stopped, _held = take_over_download(download_pid_file(params, local_dir))
         if stopped:
             result["stopped_earlier_download"] = stopped
             module.warn(f"stopped an earlier download into {local_dir} (pid {stopped}), left by a lost run")
@@ -246,8 +247,6 @@ def run(module: AnsibleModule) -> dict:
         except Exception as exc:
             failure = f"download of {params['model']}@{params['revision']} failed: {exc}"
             module.fail_json(msg=failure, **result)
-        finally:
-            pid_file.unlink(missing_ok=True)
     _set_modes(local_dir, remote, int(params["file_mode"], 8))
     write_manifest(local_dir, params["model"], params["revision"], remote)
     return result

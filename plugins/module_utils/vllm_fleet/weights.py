@@ -126,46 +126,41 @@ def space_problem(bytes_needed: int, free_bytes: int, reserve_bytes: int) -> str
     )
 
 
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the pid, it
-    names one process, not a later one that was given the same pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[19]
-
-
-def _is_downloader(pid: int, marker: str) -> bool:
-    try:
-        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def take_over_download(pid_file: Path, marker: str = "modelscope_download", wait_s: float = 10.0) -> int | None:
-    """One download into a revision directory at a time: pid_file names the module process that
-    downloads there (pid and start time). An earlier one still running is a run that lost this host
-    (Ansible gave up on it, its process went on, and the SDK's file locks would hold this download
-    back up to 600 s, or for ever behind a stuck one): it is stopped (TERM, then KILL after wait_s)
-    and its pid returned. Then this process's own pid is written. None when there was nothing to stop."""
+def take_over_download(pid_file: Path, wait_s: float = 10.0) -> tuple[int | None, int]:
+    """One download into a revision directory at a time. The downloading process holds an flock on
+    pid_file with its pid written in, for as long as it lives. Held by another process, it is a run
+    that lost this host (Ansible gave up on the host, its module process went on, and the SDK's file
+    locks would hold this download back up to 600 s, or for ever behind a stuck one): that process is
+    stopped (TERM, then KILL after wait_s) and its pid returned, else None. Not by command line: with
+    pipelining a module's is the interpreter's alone. Returns (pid stopped, the descriptor that holds
+    the lock: keep it open while downloading)."""
+    import fcntl
     import signal
     import time
 
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(pid_file, os.O_RDWR | os.O_CREAT, 0o600)
     stopped = None
     try:
-        pid_text, start = pid_file.read_text().split()
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        pid, start = None, None
-    if pid and pid != os.getpid() and _process_start(pid) == start and _is_downloader(pid, marker):
-        os.kill(pid, signal.SIGTERM)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = int(os.pread(fd, 32, 0).split()[0])
+        except (ValueError, IndexError):  # the holder has not written its pid yet: only wait
+            holder = None
         deadline = time.monotonic() + wait_s
-        while _process_start(pid) == start and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _process_start(pid) == start:
-            os.kill(pid, signal.SIGKILL)
-        stopped = pid
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
-    return stopped
+        if holder:
+            os.kill(holder, signal.SIGTERM)
+            stopped = holder
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline and holder:
+                    os.kill(holder, signal.SIGKILL)
+                    holder = None  # once: then wait for the kernel to let the lock go
+                time.sleep(0.1)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return stopped, fd
