@@ -280,8 +280,11 @@ def _cgroup_hierarchies() -> list[Path]:
     return list(found.values())
 
 
+CGROUP_PREFIX = "vllm-fleet-"
+
+
 def host_cgroups(name: str) -> list[Path]:
-    return [hierarchy / f"vllm-fleet-{name}" for hierarchy in _cgroup_hierarchies()]
+    return [hierarchy / f"{CGROUP_PREFIX}{name}" for hierarchy in _cgroup_hierarchies()]
 
 
 def _make_host_cgroups(name: str) -> list[Path]:
@@ -303,7 +306,7 @@ def _remove_host_cgroups(name: str, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     for cgroup in host_cgroups(name):
         while cgroup.is_dir():
-            for path, _dirs, _files in sorted(os.walk(cgroup), key=lambda walked: -len(walked[0])):
+            for path, _dirs, _files in os.walk(cgroup, topdown=False):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
             if not cgroup.is_dir() or time.monotonic() > deadline:
@@ -580,12 +583,8 @@ def _leftover_names() -> set[str]:
     """Names of anything a host leaves on this machine, with or without a state file."""
     names = {d.name for d in (STATE_DIR / "hosts").glob(f"{PREFIX}*") if d.is_dir()}
     names |= {n for n in _run(["ip", "netns", "list"]).stdout.split() if _is_host_name(n)}
-    names |= {
-        cgroup.name.removeprefix("vllm-fleet-")
-        for hierarchy in _cgroup_hierarchies()
-        for cgroup in hierarchy.glob(f"vllm-fleet-{PREFIX}*")
-        if _is_host_name(cgroup.name.removeprefix("vllm-fleet-"))
-    }
+    cgroups = {c.name.removeprefix(CGROUP_PREFIX) for h in _cgroup_hierarchies() for c in h.glob(f"{CGROUP_PREFIX}*")}
+    names |= {n for n in cgroups if _is_host_name(n)}
     return names
 
 

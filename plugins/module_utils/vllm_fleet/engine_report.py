@@ -91,6 +91,12 @@ def _number(conv, raw: str):
     return conv(raw.replace(",", "")) if conv is not str else raw
 
 
+def _error_text(line: str) -> str | None:
+    """The exception a log line ends with, as "ValueError: message"; None when it ends with none."""
+    error = _ERROR.search(line)
+    return f"{error.group(1)}: {error.group(2).strip()}" if error else None
+
+
 def parse_engine_report(journal: str) -> dict:
     """What the last start of vLLM logged about its memory, as a dict; absent facts, absent keys.
 
@@ -106,11 +112,11 @@ def parse_engine_report(journal: str) -> dict:
             if match:
                 for key, conv, raw in zip(keys, convs, match.groups(), strict=True):
                     report[key] = _number(conv, raw)
-        error = _ERROR.search(line)
+        error = _error_text(line)
         # The first exception is the root cause; later ones ("Engine core initialization
         # failed. See root cause above.") only repeat that it failed.
         if error and "error" not in report:
-            report["error"] = f"{error.group(1)}: {error.group(2).strip()}"
+            report["error"] = error
         if _NO_CACHE_MEMORY in line and "error" not in report:
             report["error"] = line[line.index(_NO_CACHE_MEMORY) :].strip()
     return report
@@ -145,7 +151,6 @@ def probe_failure(failed: dict, journal: str = "") -> str:
     problems = [str(p) for p in failed.get("problems") or []]
     if problems:
         return "; ".join(problems)
-    said = ""
     stdout = str(failed.get("stdout") or "").strip()
     try:
         said = str(json.loads(stdout).get("reason") or "") if stdout.startswith("{") else ""
@@ -153,11 +158,9 @@ def probe_failure(failed: dict, journal: str = "") -> str:
         said = ""
     message = said or " ".join(part for part in (str(failed.get("msg") or ""), stdout) if part)
     report = parse_engine_report(journal)
-    if "error" not in report:  # the last start logged none yet (restarting): an earlier start's
-        found = (_ERROR.search(line) for line in journal.splitlines())
-        first = next((match for match in found if match), None)
-        if first:
-            report["error"] = f"{first.group(1)}: {first.group(2).strip()}"
+    # The last start logged no exception yet (restarting): an earlier start's.
+    if "error" not in report and (earlier := next(filter(None, map(_error_text, journal.splitlines())), None)):
+        report["error"] = earlier
     cause = refusal_problem(report) or report.get("error")
     if cause and cause not in message:
         return f"{message}: {cause}" if message else cause
